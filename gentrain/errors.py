@@ -2,7 +2,9 @@
 
 
 class GentrainError(Exception):
-    """A user-facing error. The CLI prints ``error: <message>`` on one line and exits with status 2.
+    """A user-facing error. The CLI prints ``error: <message>`` on one line and exits with ``exit_code``.
 
     Messages name the fix, e.g. ``"dataset.path='x' does not exist; pass dataset.path=<folder of images>"``.
     """
+
+    exit_code: int = 2

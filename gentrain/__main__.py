@@ -1,0 +1,3 @@
+from gentrain.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""Build the parts of a run from the composed config: data, model, objective, optimizers."""
+
+from __future__ import annotations
+
+import importlib
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gentrain.errors import GentrainError
+from gentrain.models.base import GenerativeModel
+from gentrain.objectives.base import Objective
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def choice(cfg: DictConfig, group: str) -> str:
+    """The option chosen for a config group (``model=dcgan`` -> "dcgan"), for messages and reports."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        name = HydraConfig.get().runtime.choices.get(group)
+        if name:
+            return str(name)
+    except ValueError:  # not inside a Hydra app (e.g. the compose API in tests)
+        pass
+    target = OmegaConf.select(cfg, f"{group}._target_", default=None)
+    return str(OmegaConf.select(cfg, f"{group}.name", default=None) or (target or "?").rsplit(".", 1)[-1])
+
+
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with the user's mistakes turned into one line."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, GentrainError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, GentrainError):
+            raise cause from None
+        detail = str(cause or e).strip().splitlines()[0]
+        raise GentrainError(f"could not build {what}: {detail}; check the {what}.* overrides") from None
+    except OmegaConfBaseException as e:
+        raise GentrainError(f"{what} config does not resolve: {str(e).strip().splitlines()[0]}; check the {what}.* overrides") from None
+
+
+def build_model(cfg: DictConfig) -> GenerativeModel:
+    # resolve against the whole config first (${dataset.shape}), then drop the optimizer specs
+    net = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    net.pop("optimizer", None)
+    model = build(net, "model")
+    if not isinstance(model, GenerativeModel):
+        raise GentrainError(f"model={choice(cfg, 'model')} builds a {type(model).__name__}, not a gentrain model; check model._target_")
+    return model
+
+
+def objective_class(target: str) -> type | None:
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def fitting_objectives(model: GenerativeModel) -> list[str]:
+    """The names of configs/objective/*.yaml whose objective accepts ``model``."""
+    names = []
+    for path in sorted((CONFIG_DIR / "objective").glob("*.yaml")):
+        cls = objective_class(str(OmegaConf.load(path).get("_target_", "")))
+        if cls is not None and isinstance(model, getattr(cls, "family", object)):
+            names.append(path.stem)
+    return names
+
+
+def build_objective(cfg: DictConfig, model: GenerativeModel) -> Objective:
+    objective = build(cfg.objective, "objective")
+    objective.check_model(model, choice(cfg, "objective"), choice(cfg, "model"), fitting_objectives(model))
+    groups = model.param_groups()
+    for phase in objective.phases:
+        if phase.name not in groups:
+            raise GentrainError(
+                f"objective={choice(cfg, 'objective')} trains phase {phase.name!r} but model={choice(cfg, 'model')} "
+                f"has parameter groups {sorted(groups)}; pick an objective that fits the model"
+            )
+    return objective
+
+
+def build_optimizers(cfg: DictConfig, model: GenerativeModel, objective: Objective) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer per phase, from ``model.optimizer.<phase>`` (partial ``torch.optim`` configs)."""
+    specs = OmegaConf.select(cfg, "model.optimizer", default=None)
+    groups = model.param_groups()
+    optimizers = {}
+    for phase in objective.phases:
+        if phase.name in optimizers:
+            continue
+        spec = None if specs is None else specs.get(phase.name)
+        if spec is None:
+            raise GentrainError(f"model.optimizer has no entry for phase {phase.name!r}; add model.optimizer.{phase.name} (e.g. Adam)")
+        factory = build(spec, f"model.optimizer.{phase.name}")
+        try:
+            optimizers[phase.name] = factory(groups[phase.name].parameters())
+        except (TypeError, ValueError) as e:
+            raise GentrainError(f"model.optimizer.{phase.name}: {str(e).splitlines()[0]}; fix the optimizer's keys") from None
+    return optimizers

@@ -1,0 +1,86 @@
+"""Typed, validated views of the config groups the engine reads.
+
+Hydra composes plain YAML; these schemas check types and ranges once at start-up and turn every
+mistake into one line that names the key and a valid example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from gentrain.errors import GentrainError
+
+
+@dataclass
+class TrainerSettings:
+    max_steps: int = 2000  # generator (or main-phase) updates
+    batch_size: int = 64
+    seed: int = 0
+    resume: Any = False  # false | true (this run dir's checkpoints/last.pt) | path to a .pt or a run dir
+    ckpt_every: int = 1000  # steps between checkpoints/last.pt writes; 0: only at the end
+
+    at_least_one: ClassVar[frozenset[str]] = frozenset({"max_steps", "batch_size"})
+
+
+@dataclass
+class LoggerSettings:
+    every: int = 50  # steps between TensorBoard/metrics.jsonl/console lines
+    samples_every: int = 500  # steps between sample pictures
+    n_samples: int = 64  # images in a sample grid
+    n_points: int = 2048  # points in a 2-D scatter plot
+    tensorboard: bool = True
+    progress: bool = True  # rich progress bar on a terminal (plain lines elsewhere)
+
+    at_least_one: ClassVar[frozenset[str]] = frozenset({"every", "samples_every", "n_samples", "n_points"})
+
+
+@dataclass
+class DeviceSettings:
+    type: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16
+    tf32: bool = True
+    data_on_device: Any = "auto"  # auto | true | false
+
+
+@dataclass
+class EvalSettings:
+    every: int = 0  # steps between evaluations during training; 0: none
+    metrics: list[str] = field(default_factory=list)
+
+
+S = TypeVar("S")
+
+
+def typed(node: DictConfig, schema: type[S], prefix: str) -> S:
+    """Check ``node`` against the dataclass ``schema``; raise a one-line GentrainError on a bad key or value."""
+    defaults = schema()
+    try:
+        # resolve in place first: interpolations like ${seed} point into the whole config
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        settings = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "key", None) or getattr(e, "full_key", None) or "?"
+        msg = str(e).strip().splitlines()[0]
+        example = getattr(defaults, str(key), None)
+        hint = f"; e.g. {prefix}.{key}={_show(example)}" if example is not None else ""
+        if isinstance(e, ConfigKeyError):
+            valid = ", ".join(f.name for f in fields(schema))
+            raise GentrainError(f"{prefix}.{key} is not an option; valid keys: {valid}") from None
+        raise GentrainError(f"{prefix}.{key}: {msg}{hint}") from None
+    for f in fields(schema):
+        value = getattr(settings, f.name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            # ints must be >= 0; those a schema lists in ``at_least_one`` must be >= 1
+            low = 1 if f.name in getattr(schema, "at_least_one", ()) else 0
+            if value < low:
+                raise GentrainError(f"{prefix}.{f.name} must be >= {low}, got {value}; e.g. {prefix}.{f.name}={getattr(defaults, f.name)}")
+    return settings
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

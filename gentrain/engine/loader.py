@@ -1,0 +1,92 @@
+"""Mini-batches from a dataset held as one tensor: on the training device when it fits.
+
+No DataLoader, no worker processes, no host round-trip per step: a permutation is drawn on the
+data's device once an epoch, and each batch is one ``index_select``. uint8 images stay uint8 in
+memory (4x smaller) and are scaled to [-1, 1] per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gentrain.data.base import DataSplit
+from gentrain.errors import GentrainError
+from gentrain.objectives.base import Batch
+
+log = logging.getLogger(__name__)
+
+#: Share of free GPU memory the data may take when ``device.data_on_device=auto``.
+_GPU_MEMORY_SHARE = 0.5
+
+
+def to_model_space(x: Tensor) -> Tensor:
+    """uint8 images (0..255) -> float32 in [-1, 1]; float data unchanged."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(127.5).sub_(1.0)
+    return x.float()
+
+
+def decide_on_device(x: Tensor, device: torch.device, setting: bool | str) -> bool:
+    if device.type != "cuda":
+        return True  # on the CPU "the device" is host memory already
+    if setting == "auto":
+        free, _ = torch.cuda.mem_get_info(device)
+        return x.numel() * x.element_size() < _GPU_MEMORY_SHARE * free
+    if isinstance(setting, bool):
+        return setting
+    raise GentrainError(f"device.data_on_device must be auto, true or false, got {setting!r}")
+
+
+class BatchStream:
+    """Endless shuffled mini-batches (each epoch a fresh permutation; the last incomplete batch is dropped)."""
+
+    def __init__(self, data: DataSplit, batch_size: int, device: torch.device, seed: int, on_device: bool | str = "auto") -> None:
+        n = data.x.shape[0]
+        if batch_size > n:
+            raise GentrainError(f"trainer.batch_size={batch_size} is larger than the {n} training examples; use trainer.batch_size<={n}")
+        self.device = device
+        self.batch_size = batch_size
+        store = device if decide_on_device(data.x, device, on_device) else torch.device("cpu")
+        if store != device:
+            log.info("data (%.0f MB) stays in host memory; batches are copied to %s", data.x.numel() * data.x.element_size() / 1e6, device)
+        pin = store.type == "cpu" and device.type == "cuda"
+        self.x = data.x.to(store).pin_memory() if pin else data.x.to(store)
+        self.y = None if data.y is None else (data.y.to(store).pin_memory() if pin else data.y.to(store))
+        self.generator = torch.Generator(device=store).manual_seed(seed)
+        self.perm: Tensor | None = None
+        self.pos = 0
+        self.epoch = 0
+
+    @property
+    def num_examples(self) -> int:
+        return self.x.shape[0]
+
+    def next(self) -> Batch:
+        n = self.num_examples
+        if self.perm is None or self.pos + self.batch_size > n:
+            self.perm = torch.randperm(n, generator=self.generator, device=self.x.device)
+            self.pos = 0
+            self.epoch += 1
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        x = self.x.index_select(0, idx).to(self.device, non_blocking=True)
+        y = None if self.y is None else self.y.index_select(0, idx).to(self.device, non_blocking=True)
+        return Batch(to_model_space(x), y)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "perm": None if self.perm is None else self.perm.cpu(),
+            "pos": self.pos,
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm = None if state["perm"] is None else state["perm"].to(self.x.device)
+        self.pos = int(state["pos"])
+        self.epoch = int(state["epoch"])

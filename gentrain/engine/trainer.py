@@ -1,0 +1,276 @@
+"""The generic training loop, driven by the objective's phases.
+
+It knows no model or objective by name: for each step it runs every phase ``repeats`` times
+(draw a batch, objective computes the loss, backward, optimizer step, ``after_update`` hook) and
+keeps the logs on the device; it synchronises with the host only at log, sample and checkpoint
+intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import Tensor, nn
+
+from gentrain import __version__
+from gentrain.config import LoggerSettings, TrainerSettings
+from gentrain.engine.checkpoint import FORMAT, VERSION, atomic_save, rng_state, set_rng_state
+from gentrain.engine.device import autocast
+from gentrain.engine.loader import BatchStream
+from gentrain.engine.loggers import ConsoleProgress, JsonlWriter, TensorBoardLogger
+from gentrain.errors import GentrainError
+from gentrain.models.base import GenerativeModel
+from gentrain.objectives.base import Objective
+from gentrain.visual import sample_picture, save_png
+
+log = logging.getLogger(__name__)
+
+#: Offset of the seed of the fixed sampling noise, so it never coincides with the training seed's stream.
+_FIXED_NOISE_SEED_OFFSET = 1_000_003
+
+
+class Interrupted(GentrainError):
+    """Ctrl-C during training: the checkpoint is saved first."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    start_step: int
+    step: int
+    train_time_s: float  # time spent in the loop, over all sessions of this run (resumes included)
+    session_time_s: float  # this session only
+    final: dict[str, float] = field(default_factory=dict)  # last logged interval means
+    sample_path: Path | None = None
+
+
+class LogAccumulator:
+    """Sums detached scalars on the device; ``mean()`` syncs once for all of them."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, value: Tensor) -> None:
+        value = value.detach().float()
+        if key in self.sums:
+            self.sums[key] += value
+            self.counts[key] += 1
+        else:
+            self.sums[key] = value.clone()
+            self.counts[key] = 1
+
+    def mean(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] / self.counts[k] for k in keys]).tolist()  # the one host sync
+        self.sums.clear()
+        self.counts.clear()
+        return dict(zip(keys, values))
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: GenerativeModel,
+        objective: Objective,
+        optimizers: dict[str, torch.optim.Optimizer],
+        stream: BatchStream,
+        device: torch.device,
+        precision: str,
+        run_dir: Path,
+        trainer: TrainerSettings,
+        logger: LoggerSettings,
+        config: dict[str, Any],
+        console: Console | None = None,
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.optimizers = optimizers
+        self.stream = stream
+        self.device = device
+        self.precision = precision
+        self.run_dir = run_dir
+        self.settings = trainer
+        self.log_settings = logger
+        self.config = config
+        self.console = console or Console()
+        self.groups = model.param_groups()
+        self.group_params = {name: [p for p in module.parameters()] for name, module in self.groups.items()}
+        self.step = 0
+        self.train_time_s = 0.0
+        self.acc = LogAccumulator()
+        self.final: dict[str, float] = {}
+        self.sample_path: Path | None = None
+        # a fixed batch of real 2-D points for scatter plots (images need none)
+        self.reference = stream.x[: logger.n_points].to(device) if stream.x.dim() == 2 else None
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "gentrain_version": __version__,
+            "step": self.step,
+            "train_time_s": self.train_time_s,
+            "model": self.model.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "stream": self.stream.state_dict(),
+            "rng": rng_state(),
+            "config": self.config,
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any], source: str) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise GentrainError(
+                f"checkpoint {source} does not fit this model ({first}); resume with the model and dataset of the run that wrote it"
+            ) from None
+        missing = set(self.optimizers) - set(ckpt["optimizers"])
+        if missing:
+            raise GentrainError(
+                f"checkpoint {source} has no optimizer state for phase(s) {sorted(missing)}; resume with the objective of the run that wrote it"
+            )
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][name])
+        self.stream.load_state_dict(ckpt["stream"])
+        set_rng_state(ckpt["rng"])
+        self.step = int(ckpt["step"])
+        self.train_time_s = float(ckpt.get("train_time_s", 0.0))
+
+    def save(self) -> Path:
+        path = self.run_dir / "checkpoints" / "last.pt"
+        atomic_save(self.state_dict(), path)
+        return path
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _set_trainable(self, phase: str) -> None:
+        """Only the phase's parameter group builds gradients: no wasted backward through the others."""
+        if len(self.groups) > 1:
+            for name, module in self.groups.items():
+                if name != phase:
+                    module.requires_grad_(False)
+            self.groups[phase].requires_grad_(True)
+
+    def _phase_update(self, phase: str) -> None:
+        batch = self.stream.next()
+        with autocast(self.device, self.precision):
+            out = self.objective.step(phase, self.model, batch)
+        opt = self.optimizers[phase]
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        # max_norm=inf: measures the norm without clipping (a multiply by exactly 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.group_params[phase], max_norm=math.inf)
+        opt.step()
+        self.objective.after_update(phase, self.model)
+        for key, value in out.logs.items():
+            self.acc.add(f"train/{phase}/{key}", value)
+        self.acc.add(f"train/{phase}/grad_norm", grad_norm)
+
+    def fit(self) -> TrainResult:
+        s, ls = self.settings, self.log_settings
+        start_step = self.step
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        self.tb = TensorBoardLogger(self.run_dir / "tensorboard", purge_step=start_step or None) if ls.tensorboard else None
+        self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
+        if self.tb is not None and start_step == 0:
+            from omegaconf import OmegaConf
+
+            self.tb.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
+        progress = ConsoleProgress(self.console, s.max_steps, start_step, ls.progress)
+        session_start = time.perf_counter()
+        self._mark = (time.perf_counter(), self.step)
+        self.model.train()
+        try:
+            while self.step < s.max_steps:
+                for phase in self.objective.phases:
+                    self._set_trainable(phase.name)
+                    for _ in range(phase.repeats):
+                        self._phase_update(phase.name)
+                self.step += 1
+                progress.advance(self.step)
+                last = self.step == s.max_steps
+                if self.step % ls.every == 0 or last:
+                    self._log(progress)
+                if self.step % ls.samples_every == 0 or last:
+                    self._samples()
+                if (s.ckpt_every and self.step % s.ckpt_every == 0) or last:
+                    self._checkpoint()
+        except KeyboardInterrupt:
+            progress.close()
+            path = self._checkpoint(interrupted=True)
+            raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to {path}; continue with trainer.resume={path}") from None
+        finally:
+            progress.close()
+            self._set_trainable_all()
+            if self.tb is not None:
+                self.tb.flush()
+        session = time.perf_counter() - session_start
+        return TrainResult(start_step, self.step, self.train_time_s, session, dict(self.final), self.sample_path)
+
+    def _set_trainable_all(self) -> None:
+        for module in self.groups.values():
+            module.requires_grad_(True)
+
+    def _log(self, progress: ConsoleProgress | None = None) -> None:
+        values = self.acc.mean()
+        if not values:
+            return
+        now = time.perf_counter()
+        t0, step0 = self._mark
+        elapsed = now - t0
+        self.train_time_s += elapsed
+        self._mark = (now, self.step)
+        steps_per_s = (self.step - step0) / elapsed if elapsed > 0 else float("nan")
+        values["train/steps_per_s"] = steps_per_s
+        values["train/epoch"] = float(self.stream.epoch)
+        for name, opt in self.optimizers.items():
+            values[f"train/lr/{name}"] = float(opt.param_groups[0]["lr"])
+        self.final = values
+        if self.tb is not None:
+            self.tb.scalars(values, self.step)
+        self.jsonl.write({"kind": "train", "step": self.step, "time_s": round(self.train_time_s, 3), **values})
+        if progress is not None:
+            progress.logged(self.step, values, steps_per_s)
+        bad = sorted(k for k, v in values.items() if not math.isfinite(v) and k != "train/steps_per_s")
+        if bad:
+            raise GentrainError(
+                f"{bad[0]} became {values[bad[0]]} by step {self.step}; lower the learning rate (model.optimizer.<phase>.lr) "
+                f"or use device.precision=fp32; the last finite checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'}"
+            )
+
+    @torch.no_grad()
+    def _samples(self) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(self.settings.seed + _FIXED_NOISE_SEED_OFFSET)
+        n = self.log_settings.n_points if self.reference is not None else self.log_settings.n_samples
+        x = self.model.sample(n, generator=generator).float()
+        self.model.train(was_training)
+        picture = sample_picture(x, self.reference)
+        if picture is None:
+            return
+        path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
+        save_png(picture, path)
+        self.sample_path = path
+        if self.tb is not None:
+            self.tb.image("samples", picture, self.step)
+
+    def _checkpoint(self, interrupted: bool = False) -> Path:
+        self._log()  # syncs, and refuses to save parameters that went non-finite
+        path = self.save()
+        if not interrupted:
+            log.debug("checkpoint at step %d: %s", self.step, path)
+        return path

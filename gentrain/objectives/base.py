@@ -1,0 +1,82 @@
+"""The contract between objectives and the engine.
+
+An objective says which *phases* a training step has (the discriminator ``k`` times, then the
+generator once; or a single likelihood phase), computes one loss per phase and returns it with
+detached scalars to log. The engine does everything else: backward, optimizer steps, mixed
+precision, logging, checkpoints. It never calls ``backward()`` or ``optimizer.step()`` itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from gentrain.errors import GentrainError
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimisation phase of a step.
+
+    ``name`` keys the optimizer and the model's parameter group ("D", "G", "main");
+    ``repeats`` is how often the phase runs per step (``n_critic``, ``k`` discriminator steps).
+    """
+
+    name: str
+    repeats: int = 1
+
+
+@dataclass
+class Batch:
+    """A batch on the training device: ``x`` in model space ([B, C, H, W] in [-1, 1] or [B, D]); ``y`` labels [B] or None."""
+
+    x: Tensor
+    y: Tensor | None = None
+
+
+@dataclass
+class StepOutput:
+    """``loss``: scalar with grad, for the engine to back-propagate; ``logs``: detached scalars for TensorBoard."""
+
+    loss: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class: subclasses set ``phases`` and ``family`` and implement :meth:`step`."""
+
+    #: The model interface the objective needs (a class models inherit from); checked at start-up.
+    family: ClassVar[type[nn.Module]] = nn.Module
+    phases: tuple[Phase, ...] = (Phase("main"),)
+
+    def step(self, phase: str, model: nn.Module, batch: Batch) -> StepOutput:
+        raise NotImplementedError
+
+    def after_update(self, phase: str, model: nn.Module) -> None:
+        """Hook after the optimizer step of ``phase`` (e.g. weight clipping); nothing by default."""
+
+    def check_model(self, model: nn.Module, objective_name: str, model_name: str, fitting: list[str]) -> None:
+        """Refuse an incompatible model at start-up, naming the objectives that do fit it."""
+        if not isinstance(model, self.family):
+            options = ", ".join(f"objective={n}" for n in fitting) or "none yet"
+            raise GentrainError(
+                f"objective={objective_name} needs a {self.family.__name__} and model={model_name} is not one; "
+                f"objectives that fit model={model_name}: {options}"
+            )
+
+
+def mean_scalar(t: Tensor) -> Tensor:
+    """Detached float32 mean, for logging without a host sync."""
+    return t.detach().float().mean()
+
+
+def check_positive_int(value: int, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GentrainError(f"{key} must be an integer >= 1, got {value!r}; e.g. {key}=1")
+    return value
+
+
+__all__ = ["Batch", "Objective", "Phase", "StepOutput", "mean_scalar", "check_positive_int"]

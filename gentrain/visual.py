@@ -1,0 +1,59 @@
+"""Pictures of samples: image grids and 2-D scatter plots, as uint8 HWC arrays and PNG files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid
+
+REAL_RGB = (150, 150, 150)
+FAKE_RGB = (220, 40, 40)
+
+
+def image_grid(x: Tensor, nrow: int | None = None) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> uint8 [H', W', 3] grid, ``nrow`` images a row (default: square)."""
+    x = x.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(x.shape[0]))))
+    grid = make_grid(x, nrow=nrow, padding=2, pad_value=255.0)
+    return grid.round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def scatter_image(real: Tensor, fake: Tensor, size: int = 512, margin: float = 0.1) -> np.ndarray:
+    """2-D points -> uint8 [size, size, 3]: real in grey, generated in red, on the real data's bounding box (plus margin)."""
+    real = real.detach().float().cpu().numpy()
+    fake = fake.detach().float().cpu().numpy()
+    lo, hi = real.min(0), real.max(0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - margin * span, hi + margin * span
+    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
+    for points, rgb in ((real, REAL_RGB), (fake, FAKE_RGB)):
+        px = ((points - lo) / (hi - lo) * (size - 1)).round().astype(np.int64)
+        inside = ((px >= 0) & (px < size)).all(1)
+        px = px[inside]
+        for dx in (0, 1):  # 2x2 dots, y axis pointing up
+            for dy in (0, 1):
+                cols = np.clip(px[:, 0] + dx, 0, size - 1)
+                rows = np.clip(size - 1 - px[:, 1] - dy, 0, size - 1)
+                canvas[rows, cols] = rgb
+    return canvas
+
+
+def sample_picture(x: Tensor, reference: Tensor | None = None) -> np.ndarray | None:
+    """The natural picture of a batch of samples: a grid for images, a scatter against ``reference`` for 2-D points."""
+    if x.dim() == 4:
+        return image_grid(x)
+    if x.dim() == 2 and x.shape[1] == 2:
+        return scatter_image(reference if reference is not None else x, x)
+    return None
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
