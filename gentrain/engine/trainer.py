@@ -183,7 +183,9 @@ class Trainer:
         start_step = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        self.tb = TensorBoardLogger(self.run_dir / "tensorboard", purge_step=start_step or None) if ls.tensorboard else None
+        # on resume, drop events a crashed session wrote after the checkpoint's step
+        purge = start_step + 1 if start_step else None
+        self.tb = TensorBoardLogger(self.run_dir / "tensorboard", purge_step=purge) if ls.tensorboard else None
         self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
         if self.tb is not None and start_step == 0:
             from omegaconf import OmegaConf

@@ -1,0 +1,27 @@
+"""Datasets: ``hydra.utils.instantiate(cfg.dataset).load("train" | "test") -> DataSplit``.
+
+Images come back as uint8 ``[N, C, H, W]``, toy vectors as float32 ``[N, D]``, labels as
+int64 ``[N]`` or None; everything on the CPU. See :mod:`gentrain.data.base`.
+"""
+
+from gentrain.data.base import SPLITS, DataSplit, Dataset
+from gentrain.data.images import CIFAR10, MNIST, Digits, FashionMNIST, ImageFolder, read_idx
+from gentrain.data.toy import GaussianMixture, Grid25, Moons, Ring8, SwissRoll, ToyDataset
+
+__all__ = [
+    "SPLITS",
+    "CIFAR10",
+    "MNIST",
+    "DataSplit",
+    "Dataset",
+    "Digits",
+    "FashionMNIST",
+    "GaussianMixture",
+    "Grid25",
+    "ImageFolder",
+    "Moons",
+    "Ring8",
+    "SwissRoll",
+    "ToyDataset",
+    "read_idx",
+]

@@ -1,0 +1,77 @@
+"""Shared test helpers: compose configs with Hydra's compose API, as the CLI would, and train tiny runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from rich.console import Console
+
+from gentrain.build import CONFIG_DIR
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+#: Tiny networks so a step takes milliseconds on a CPU.
+TINY = {
+    "dcgan": ["model.g_width=8", "model.d_width=8", "model.z_dim=8", "model.mlp_g_widths=[16,16]", "model.mlp_d_widths=[16]"],
+    "gan_mlp": ["model.g_widths=[16,32]", "model.d_widths=[32,16]", "model.z_dim=8"],
+}
+SMALL_DATA = {
+    "digits": [],
+    "ring8": ["dataset.n_train=512", "dataset.n_test=128"],
+    "grid25": ["dataset.n_train=512", "dataset.n_test=128"],
+    "swissroll": ["dataset.n_train=512", "dataset.n_test=128"],
+    "moons": ["dataset.n_train=512", "dataset.n_test=128"],
+}
+
+
+def make_config(overrides: list[str]) -> DictConfig:
+    """The config the CLI would compose for ``overrides`` (HydraConfig set, so group choices are known)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def tiny_overrides(model: str, dataset: str, objective: str = "non_saturating", steps: int = 3) -> list[str]:
+    return [
+        f"model={model}",
+        f"dataset={dataset}",
+        f"objective={objective}",
+        "device=cpu",
+        f"trainer.max_steps={steps}",
+        "trainer.batch_size=16",
+        "logger.every=2",
+        "logger.samples_every=2",
+        "logger.n_samples=16",
+        "logger.n_points=64",
+        "logger.progress=false",
+        *TINY[model],
+        *SMALL_DATA.get(dataset, []),
+    ]
+
+
+def quiet_console() -> Console:
+    return Console(file=open(os.devnull, "w"), width=120)
+
+
+@pytest.fixture
+def train_run(tmp_path: Path):
+    """``train_run(overrides, name)`` trains in ``tmp_path/name`` and returns (run_dir, report)."""
+    from gentrain.tasks import train
+
+    def run(overrides: list[str], name: str = "run") -> tuple[Path, dict]:
+        run_dir = tmp_path / name
+        report = train(make_config(overrides), run_dir=run_dir, console=quiet_console())
+        return run_dir, report
+
+    return run
