@@ -94,7 +94,8 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     if trainer.tb is not None:
         trainer.tb.hparams(hparam_view(cfg, resolved), {**result.final, "steps": result.step})
         trainer.tb.close()
-    rows = {"steps": result.step, "steps/s (this session)": report["run"]["steps_per_s"], **{k.removeprefix("train/"): v for k, v in result.final.items()}}
+    losses = {k.removeprefix("train/"): v for k, v in result.final.items() if not k.startswith(("train/lr/", "train/steps_per_s"))}
+    rows = {"steps": result.step, "steps/s (this session)": report["run"]["steps_per_s"], "wall time (s)": report["run"]["session_time_s"], **losses}
     console.print(summary_table(f"gentrain: {choice(cfg, 'model')} on {choice(cfg, 'dataset')}", rows))
     console.print(f"outputs in {run_dir} (report.md, tensorboard/, checkpoints/last.pt)", highlight=False)
     return report

@@ -15,9 +15,15 @@ REAL_RGB = (150, 150, 150)
 FAKE_RGB = (220, 40, 40)
 
 
-def image_grid(x: Tensor, nrow: int | None = None) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> uint8 [H', W', 3] grid, ``nrow`` images a row (default: square)."""
+def image_grid(x: Tensor, nrow: int | None = None, min_side: int = 32) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> uint8 [H', W', 3] grid, ``nrow`` images a row (default: square).
+
+    Images smaller than ``min_side`` are enlarged by an integer factor (nearest neighbour: pixels stay pixels).
+    """
     x = x.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5)
+    factor = max(1, min_side // x.shape[-1])
+    if factor > 1:
+        x = x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     nrow = nrow or max(1, int(math.ceil(math.sqrt(x.shape[0]))))

@@ -187,3 +187,28 @@ def test_checkpoint_writes_are_atomic(train_run):
 def test_non_finite_loss_stops_with_a_clear_line(train_run):
     with pytest.raises(GentrainError, match="lower the learning rate"):
         train_run(tiny_overrides("gan_mlp", "ring8", steps=4) + ["model.optimizer.G.lr=1e30", "model.optimizer.D.lr=1e30"])
+
+
+@pytest.mark.parametrize("dataset,model", [("mnist", "dcgan"), ("cifar10", "dcgan"), ("mnist", "gan_mlp")])
+def test_trains_on_format_faithful_mnist_and_cifar_files(train_run, tmp_path, dataset, model):
+    from test_data import write_cifar, write_mnist_like
+
+    root = tmp_path / "data"
+    if dataset == "mnist":
+        write_mnist_like(root / "MNIST" / "raw", seed=0, n_train=20)
+    else:
+        write_cifar(root, seed=0)
+    run_dir, report = train_run(tiny_overrides(model, dataset, steps=2) + [f"dataset.root={root}", "trainer.batch_size=4"])
+    assert report["run"]["steps"] == 2 and (run_dir / "samples" / "step_000002.png").is_file()
+
+
+@pytest.mark.slow
+def test_dcgan_on_real_fashion_mnist(train_run):
+    """The issue's acceptance run, shortened: DCGAN on the real Debian Fashion-MNIST files."""
+    from pathlib import Path as _Path
+
+    if not _Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make data)")
+    run_dir, report = train_run(["model=dcgan", "dataset=fashion_mnist", "device=cpu", "trainer.max_steps=200", "logger.progress=false"])
+    assert report["run"]["steps"] == 200 and report["final"]["train/D/D_real"] > report["final"]["train/D/D_fake"]
+    assert (run_dir / "samples" / "step_000200.png").is_file()

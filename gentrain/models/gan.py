@@ -88,12 +88,13 @@ class GanMLP(AdversarialModel):
 
 
 def dcgan_layout(size: int) -> tuple[int, int]:
-    """(base resolution s0, number of 2x up-samplings) for a square image side: halve while even and > 4.
+    """(base resolution s0, number of 2x up-samplings) for a square image side.
 
-    28 -> (7, 2), 32 -> (4, 3), 64 -> (4, 4), 8 -> (4, 1).
+    Halve while even and above 4, and at least twice where the side allows, so that small images
+    still get a network two layers deep: 28 -> (7, 2), 32 -> (4, 3), 64 -> (4, 4), 8 -> (2, 2).
     """
     s0, n_up = size, 0
-    while s0 % 2 == 0 and s0 > 4:
+    while s0 % 2 == 0 and (s0 > 4 or n_up < 2):
         s0 //= 2
         n_up += 1
     if n_up == 0:

@@ -1,0 +1,41 @@
+# gentrain: set-up, the main job and the tests. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch/torchvision pinned to releases that install offline on the project machines; any torch>=2.4 works
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install train test test-all data clean
+
+help:
+	@echo "make install   create $(VENV) with torch and gentrain (editable, with test extras)"
+	@echo "make train     the main job: DCGAN on the embedded digits (offline, CPU or GPU)"
+	@echo "make test      the fast test suite (CPU, offline)"
+	@echo "make test-all  every test, slow ones included"
+	@echo "make data      Fashion-MNIST from Debian's dataset-fashion-mnist package (needs root)"
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/gentrain $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST is installed"; \
+	else apt-get update -q && apt-get install -y -q dataset-fashion-mnist; fi
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
