@@ -212,3 +212,50 @@ def test_dcgan_on_real_fashion_mnist(train_run):
     run_dir, report = train_run(["model=dcgan", "dataset=fashion_mnist", "device=cpu", "trainer.max_steps=200", "logger.progress=false"])
     assert report["run"]["steps"] == 200 and report["final"]["train/D/D_real"] > report["final"]["train/D/D_fake"]
     assert (run_dir / "samples" / "step_000200.png").is_file()
+
+
+def test_trains_on_an_image_folder(train_run, tmp_path):
+    rng = torch.Generator().manual_seed(0)
+    for i in range(12):
+        folder = tmp_path / "images" / ("cats" if i % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = torch.randint(0, 256, (20 + i, 24, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    run_dir, report = train_run(
+        tiny_overrides("dcgan", "image_folder", steps=2) + [f"dataset.path={tmp_path / 'images'}", "dataset.size=16", "trainer.batch_size=4"]
+    )
+    assert report["config"]["dataset"]["shape"] == [3, 16, 16]
+    assert Image.open(run_dir / "samples" / "step_000002.png").mode == "RGB"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_continue(train_run, monkeypatch, tmp_path):
+    from gentrain.engine.trainer import Interrupted
+    from gentrain.objectives.adversarial import NonSaturating
+
+    original, calls = NonSaturating.step, {"n": 0}
+
+    def step(self, phase, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in the fourth step's D phase
+            raise KeyboardInterrupt
+        return original(self, phase, model, batch)
+
+    monkeypatch.setattr(NonSaturating, "step", step)
+    with pytest.raises(Interrupted, match="trainer.resume=") as e:
+        train_run(tiny_overrides("gan_mlp", "ring8", steps=10) + ["trainer.ckpt_every=0"])
+    assert e.value.exit_code == 130
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_progress_bar_on_a_terminal_shows_eta_and_losses(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)
+    overrides = tiny_overrides("gan_mlp", "ring8", steps=4)
+    overrides = [o for o in overrides if not o.startswith("logger.progress")] + ["logger.progress=true"]
+    train(make_config(overrides), run_dir=tmp_path / "run", console=console)
+    text = out.getvalue()
+    assert "eta" in text and "G/loss=" in text and "4/4" in text and "steps/s" in text

@@ -112,9 +112,9 @@ class ConsoleProgress:
     def logged(self, step: int, values: dict[str, float], steps_per_s: float) -> None:
         text = format_logs(values)
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, rate=f"{steps_per_s:.1f} it/s", losses=text)
+            self.progress.update(self.task, completed=step, rate=f"{steps_per_s:.1f} steps/s", losses=text)
         else:
-            self.console.print(f"step {step}/{self.total}  {steps_per_s:.1f} it/s  {text}", highlight=False)
+            self.console.print(f"step {step}/{self.total}  {steps_per_s:.1f} steps/s  {text}", highlight=False)
 
     def close(self) -> None:
         if self.progress is not None:
