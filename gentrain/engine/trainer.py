@@ -111,6 +111,7 @@ class Trainer:
         self.acc = LogAccumulator()
         self.final: dict[str, float] = {}
         self.sample_path: Path | None = None
+        self.tb: TensorBoardLogger | None = None
         # a fixed batch of real 2-D points for scatter plots (images need none)
         self.reference = stream.x[: logger.n_points].to(device) if stream.x.dim() == 2 else None
 
