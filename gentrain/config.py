@@ -7,7 +7,7 @@ mistake into one line that names the key and a valid example.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -48,8 +48,19 @@ class DeviceSettings:
 
 @dataclass
 class EvalSettings:
+    metrics: list[str] = field(default_factory=list)  # protocols: fid10k, kid10k, is10k, pr10k, fid1k, ...
     every: int = 0  # steps between evaluations during training; 0: none
-    metrics: list[str] = field(default_factory=list)
+    at_end: bool = True  # evaluate after the last step (the report's numbers)
+    best: Optional[str] = None  # result key that picks checkpoints/best.pt; default: the first metric's headline
+    split: str = "test"  # reference split
+    batch_size: int = 250
+    seed: int = 0  # noise of the generated samples
+    inception_weights: str = "auto"  # auto | path to a state dict (python -m gentrain.metrics.inception builds one offline)
+    cache_dir: str = "~/.cache/gentrain"  # reference features are cached under <cache_dir>/reference
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+
+    at_least_one: ClassVar[frozenset[str]] = frozenset({"batch_size", "kid_subsets", "kid_subset_size"})
 
 
 S = TypeVar("S")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from gentrain.engine.device import autocast
 from gentrain.engine.loader import BatchStream
 from gentrain.engine.loggers import ConsoleProgress, JsonlWriter, TensorBoardLogger
 from gentrain.errors import GentrainError
+from gentrain.metrics.fidelity import MetricResult
 from gentrain.models.base import GenerativeModel
 from gentrain.objectives.base import Objective
 from gentrain.visual import sample_picture, save_png
@@ -43,6 +45,17 @@ class Interrupted(GentrainError):
 
 
 @dataclass
+class EvalSchedule:
+    """When to evaluate, and which result key picks ``checkpoints/best.pt`` (lower or higher is better)."""
+
+    evaluate: Callable[[GenerativeModel], list[MetricResult]]
+    every: int  # 0: never during training
+    at_end: bool
+    best_key: str
+    higher_is_better: bool
+
+
+@dataclass
 class TrainResult:
     start_step: int
     step: int
@@ -50,6 +63,9 @@ class TrainResult:
     session_time_s: float  # this session only
     final: dict[str, float] = field(default_factory=dict)  # last logged interval means
     sample_path: Path | None = None
+    evaluation: list[MetricResult] = field(default_factory=list)  # the last evaluation's results
+    evaluation_step: int | None = None
+    best: dict[str, Any] | None = None  # {"key", "value", "step"} of checkpoints/best.pt
 
 
 class LogAccumulator:
@@ -92,6 +108,8 @@ class Trainer:
         logger: LoggerSettings,
         config: dict[str, Any],
         console: Console | None = None,
+        evaluation: EvalSchedule | None = None,
+        choices: dict[str, str] | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -112,6 +130,11 @@ class Trainer:
         self.final: dict[str, float] = {}
         self.sample_path: Path | None = None
         self.tb: TensorBoardLogger | None = None
+        self.evaluation = evaluation
+        self.choices = choices or {}  # the config-group options of the run (model=dcgan ...), for tasks that reload it
+        self.eval_results: list[MetricResult] = []
+        self.eval_step: int | None = None
+        self.best: dict[str, Any] | None = None
         # a fixed batch of real 2-D points for scatter plots (images need none)
         self.reference = stream.x[: logger.n_points].to(device) if stream.x.dim() == 2 else None
 
@@ -127,6 +150,8 @@ class Trainer:
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "stream": self.stream.state_dict(),
             "rng": rng_state(),
+            "best": self.best,
+            "choices": self.choices,
             "config": self.config,
         }
 
@@ -149,6 +174,7 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         self.step = int(ckpt["step"])
         self.train_time_s = float(ckpt.get("train_time_s", 0.0))
+        self.best = ckpt.get("best")
 
     def save(self) -> Path:
         path = self.run_dir / "checkpoints" / "last.pt"
@@ -209,6 +235,9 @@ class Trainer:
                     self._log(progress)
                 if self.step % ls.samples_every == 0 or last:
                     self._samples()
+                ev = self.evaluation
+                if ev is not None and ((ev.every and self.step % ev.every == 0) or (last and ev.at_end)):
+                    self._evaluate(ev)
                 if (s.ckpt_every and self.step % s.ckpt_every == 0) or last:
                     self._checkpoint()
         except KeyboardInterrupt:
@@ -221,7 +250,9 @@ class Trainer:
             if self.tb is not None:
                 self.tb.flush()
         session = time.perf_counter() - session_start
-        return TrainResult(start_step, self.step, self.train_time_s, session, dict(self.final), self.sample_path)
+        return TrainResult(
+            start_step, self.step, self.train_time_s, session, dict(self.final), self.sample_path, self.eval_results, self.eval_step, self.best
+        )
 
     def _set_trainable_all(self) -> None:
         for module in self.groups.values():
@@ -270,6 +301,28 @@ class Trainer:
         self.sample_path = path
         if self.tb is not None:
             self.tb.image("samples", picture, self.step)
+
+    def _evaluate(self, ev: EvalSchedule) -> None:
+        """Evaluate (its time is not training time), log ``eval/*``, and keep ``best.pt`` by the chosen key."""
+        self._log()  # close the training interval first, so steps/s excludes evaluation
+        t0 = time.perf_counter()
+        results = ev.evaluate(self.model)
+        elapsed = time.perf_counter() - t0
+        self._mark = (time.perf_counter(), self.step)
+        values = {k: v for r in results for k, v in r.values.items()}
+        self.eval_results, self.eval_step = results, self.step
+        if self.tb is not None:
+            self.tb.scalars({f"eval/{k}": v for k, v in values.items()}, self.step)
+        self.jsonl.write({"kind": "eval", "step": self.step, "eval_time_s": round(elapsed, 3), **values, "results": [r.as_dict() for r in results]})
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
+        self.console.print(f"eval at step {self.step} ({elapsed:.1f} s): {shown}", highlight=False)
+        value = values.get(ev.best_key)
+        if value is None or not math.isfinite(value):
+            return
+        best = self.best
+        if best is None or (value > best["value"] if ev.higher_is_better else value < best["value"]):
+            self.best = {"key": ev.best_key, "value": value, "step": self.step}
+            atomic_save(self.state_dict(), self.run_dir / "checkpoints" / "best.pt")
 
     def _checkpoint(self, interrupted: bool = False) -> Path:
         self._log()  # syncs, and refuses to save parameters that went non-finite

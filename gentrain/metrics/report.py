@@ -39,6 +39,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_reports(run_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     json_path, md_path = run_dir / "report.json", run_dir / "report.md"
+    curves = render_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    report["curves"] = str(curves) if curves else None
     write_json(json_path, report)
     tmp = md_path.with_name(md_path.name + ".tmp")
     tmp.write_text(render_markdown(report, run_dir))
@@ -75,11 +77,16 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
     for k, v in report["final"].items():
         lines.append(f"| `{k}` | {_fmt(v)} |")
     lines += ["", "## Evaluation", ""]
-    if report["metrics"]:
-        lines += ["| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in report["metrics"].items()]
+    if report["evaluation"]:
+        lines += [f"At step {report['evaluation_step']}.", ""]
+        lines += evaluation_markdown(report["evaluation"])
+        if report.get("best"):
+            b = report["best"]
+            lines += ["", f"`checkpoints/best.pt`: {b['key']} = {_fmt(b['value'])} at step {b['step']}."]
     else:
-        lines.append("No evaluation metrics were configured for this run (`eval.metrics` is empty).")
+        lines.append("No evaluation metrics were configured for this run (`eval.metrics` is empty; `eval=standard` turns them on).")
+    if report.get("curves"):
+        lines += ["", "## Training curves", "", f"![curves]({os.path.relpath(report['curves'], run_dir)})"]
     if report.get("samples"):
         rel = os.path.relpath(report["samples"], run_dir)
         lines += ["", "## Samples", "", f"At fixed noise, step {run['steps']}:", "", f"![samples]({rel})"]
@@ -90,3 +97,73 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
 
 def command_line() -> str:
     return " ".join(["gentrain", *sys.argv[1:]])
+
+
+def evaluation_markdown(evaluation: list[dict[str, Any]]) -> list[str]:
+    """A markdown table: every number with its sample counts, reference split and caveats."""
+    lines = ["| metric | value | generated | reference | notes |", "| --- | --- | --- | --- | --- |"]
+    for r in evaluation:
+        ref = f"{r['n_reference']} ({r['reference_split']})" if r["n_reference"] is not None else "-"
+        notes = "; ".join(r["notes"]) or ""
+        if not r["available"]:
+            lines.append(f"| {r['name']} | n/a | {r['n_generated']} | {ref} | {notes} |")
+            continue
+        for key, value in r["values"].items():
+            lines.append(f"| {key} | {_fmt(value)} | {r['n_generated']} | {ref} | {notes} |")
+            notes = ""  # once per protocol
+    return lines
+
+
+def evaluation_table(evaluation: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="evaluation", header_style="bold")
+    for col in ("metric", "value", "generated", "reference", "notes"):
+        table.add_column(col, justify="right" if col in ("value", "generated") else "left")
+    for r in evaluation:
+        ref = f"{r['n_reference']} ({r['reference_split']})" if r["n_reference"] is not None else "-"
+        values = r["values"] or {r["name"]: "n/a"}
+        for i, (key, value) in enumerate(values.items()):
+            table.add_row(key, _fmt(value), str(r["n_generated"]), ref, "; ".join(r["notes"]) if i == 0 else "")
+    return table
+
+
+def render_curves(jsonl: Path, out: Path) -> Path | None:
+    """Loss curves (one panel per phase), D outputs and evaluation metrics from ``metrics.jsonl``, as a PNG."""
+    if not jsonl.is_file():
+        return None
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in train for k in r if k.startswith("train/") and k.count("/") == 2 and not k.startswith("train/lr/")})
+    panels: dict[str, list[str]] = {}
+    for k in keys:
+        if k.endswith("grad_norm"):
+            continue
+        group = "D outputs" if k.rsplit("/", 1)[-1] in ("D_real", "D_fake") else "losses"
+        panels.setdefault(group, []).append(k)
+    eval_keys = sorted({k for r in evals for k in r if k not in ("kind", "step", "eval_time_s", "results") and not k.endswith("_std")})
+    if eval_keys:
+        panels["evaluation"] = eval_keys
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, names) in zip(axes[0], panels.items()):
+        source = evals if title == "evaluation" else train
+        for name in names:
+            points = [(r["step"], r[name]) for r in source if name in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name.removeprefix("train/"), marker="o" if title == "evaluation" else None, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -22,6 +22,10 @@ class GenerativeModel(nn.Module):
         """``n`` samples in data space ([n, C, H, W] in [-1, 1], or [n, D]); ``generator`` fixes the noise."""
         raise NotImplementedError
 
+    def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        """Samples and their class labels [n] (None for unconditional models)."""
+        return self.sample(n, generator=generator), None
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

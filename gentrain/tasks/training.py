@@ -1,4 +1,4 @@
-"""The tasks of the ``gentrain`` entry point (``task=train`` ...), each ``fn(cfg)``."""
+"""``task=train``: build data, model, objective and optimizers from the config; train; evaluate; report."""
 
 from __future__ import annotations
 
@@ -12,16 +12,19 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from gentrain.build import build, build_model, build_objective, build_optimizers, choice, seed_everything
-from gentrain.config import DeviceSettings, EvalSettings, LoggerSettings, TrainerSettings, typed
+from gentrain.config import EvalSettings, LoggerSettings, TrainerSettings, typed
 from gentrain.engine.checkpoint import find_checkpoint, load_checkpoint
-from gentrain.engine.device import check_precision, configure_backends, device_name, resolve_device
+from gentrain.engine.device import device_name
 from gentrain.engine.loader import BatchStream
 from gentrain.engine.loggers import flatten, summary_table
-from gentrain.engine.trainer import Trainer, TrainResult
+from gentrain.engine.trainer import EvalSchedule, Trainer, TrainResult
 from gentrain.errors import GentrainError
-from gentrain.metrics.report import command_line, versions, write_reports
+from gentrain.metrics.report import command_line, evaluation_table, versions, write_reports
+from gentrain.tasks.common import best_key, make_evaluator, setup_device
 
 log = logging.getLogger(__name__)
+
+GROUPS = ("model", "dataset", "objective")
 
 
 def hydra_run_dir() -> Path:
@@ -58,13 +61,8 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     resolved = resolve_config(cfg)
     ts = typed(cfg.trainer, TrainerSettings, "trainer")
     ls = typed(cfg.logger, LoggerSettings, "logger")
-    ds = typed(cfg.device, DeviceSettings, "device")
     es = typed(cfg.eval, EvalSettings, "eval")
-    if es.metrics:
-        raise GentrainError(f"eval.metrics={es.metrics} but this version of gentrain has no evaluation metrics yet; use eval.metrics=[]")
-    precision = check_precision(ds.precision)
-    device = resolve_device(ds.type)
-    configure_backends(device, ds.tf32)
+    device, ds = setup_device(cfg)
     resume = _resume_path(ts.resume, run_dir)
     seed_everything(ts.seed)
 
@@ -75,35 +73,42 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     objective = build_objective(cfg, model)
     optimizers = build_optimizers(cfg, model, objective)
     stream = BatchStream(train_split, ts.batch_size, device, ts.seed, ds.data_on_device)
-    trainer = Trainer(model, objective, optimizers, stream, device, precision, run_dir, ts, ls, resolved, console)
+    schedule = None
+    if es.metrics:
+        key, higher = best_key(es)
+        schedule = EvalSchedule(make_evaluator(es, dataset, device), es.every, es.at_end, key, higher)
+    choices = {g: choice(cfg, g) for g in GROUPS}
+    trainer = Trainer(model, objective, optimizers, stream, device, ds.precision, run_dir, ts, ls, resolved, console, schedule, choices)
     if resume is not None:
         trainer.load_state_dict(load_checkpoint(resume), str(resume))
         console.print(f"resuming from {resume} at step {trainer.step}", highlight=False)
     setup_s = time.perf_counter() - t0
     n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in model.param_groups().items()}
     console.print(
-        f"[bold]gentrain[/] model={choice(cfg, 'model')} dataset={choice(cfg, 'dataset')} objective={choice(cfg, 'objective')} "
-        f"on {device} ({precision}); {stream.num_examples} training examples; parameters {n_params}; run dir {run_dir}",
+        f"[bold]gentrain[/] model={choices['model']} dataset={choices['dataset']} objective={choices['objective']} "
+        f"on {device} ({ds.precision}); {stream.num_examples} training examples; parameters {n_params}; run dir {run_dir}",
         highlight=False,
     )
     if trainer.step >= ts.max_steps:
         console.print(f"checkpoint is at step {trainer.step} >= trainer.max_steps={ts.max_steps}: nothing to train", highlight=False)
     result = trainer.fit()
-    report = make_report(cfg, resolved, result, ts, ls, device, precision, setup_s, n_params)
+    report = make_report(choices, resolved, result, ts, ls, device, ds.precision, setup_s, n_params)
     write_reports(run_dir, report)
     if trainer.tb is not None:
-        trainer.tb.hparams(hparam_view(cfg, resolved), {**result.final, "steps": result.step})
+        trainer.tb.hparams(hparam_view(choices, resolved), {**result.final, **report["metrics"], "steps": result.step})
         trainer.tb.close()
     losses = {k.removeprefix("train/"): v for k, v in result.final.items() if not k.startswith(("train/lr/", "train/steps_per_s"))}
-    rows = {"steps": result.step, "steps/s (this session)": report["run"]["steps_per_s"], "wall time (s)": report["run"]["session_time_s"], **losses}
-    console.print(summary_table(f"gentrain: {choice(cfg, 'model')} on {choice(cfg, 'dataset')}", rows))
-    console.print(f"outputs in {run_dir} (report.md, tensorboard/, checkpoints/last.pt)", highlight=False)
+    rows = {"steps": result.step, "steps/s (this session)": report["run"]["steps_per_s"], "wall time (s)": report["run"]["session_time_s"]}
+    console.print(summary_table(f"gentrain: {choices['model']} on {choices['dataset']}", {**rows, **losses}))
+    if result.evaluation:
+        console.print(evaluation_table(report["evaluation"]))
+    console.print(f"outputs in {run_dir} (report.md, tensorboard/, checkpoints/)", highlight=False)
     return report
 
 
-def hparam_view(cfg: DictConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+def hparam_view(choices: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
     """Group choices and the scalar settings of model, objective, trainer and dataset, flattened."""
-    params: dict[str, Any] = {g: choice(cfg, g) for g in ("model", "dataset", "objective")}
+    params: dict[str, Any] = dict(choices)
     for group in ("model", "objective", "trainer", "dataset"):
         for k, v in flatten(resolved.get(group, {}), f"{group}.").items():
             if not k.endswith("_target_") and not k.endswith("_partial_") and v is not None:
@@ -112,7 +117,7 @@ def hparam_view(cfg: DictConfig, resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_report(
-    cfg: DictConfig,
+    choices: dict[str, str],
     resolved: dict[str, Any],
     result: TrainResult,
     ts: TrainerSettings,
@@ -128,9 +133,7 @@ def make_report(
         "command": command_line(),
         "run": {
             "status": "completed",
-            "model": choice(cfg, "model"),
-            "dataset": choice(cfg, "dataset"),
-            "objective": choice(cfg, "objective"),
+            **choices,
             "steps": result.step,
             "start_step": result.start_step,
             "batch_size": ts.batch_size,
@@ -144,7 +147,10 @@ def make_report(
         },
         "device": {"type": device.type, "name": device_name(device), "precision": precision},
         "final": result.final,
-        "metrics": {},
+        "metrics": {k: v for r in result.evaluation for k, v in r.values.items()},
+        "evaluation": [r.as_dict() for r in result.evaluation],
+        "evaluation_step": result.evaluation_step,
+        "best": result.best,
         "logger_every": ls.every,
         "samples": str(result.sample_path) if result.sample_path else None,
         "versions": versions(),

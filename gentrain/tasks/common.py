@@ -1,0 +1,80 @@
+"""Pieces the tasks share: the device, the evaluator, and models rebuilt from checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gentrain.build import build, build_model
+from gentrain.config import DeviceSettings, EvalSettings, typed
+from gentrain.data.base import Dataset
+from gentrain.engine.checkpoint import find_checkpoint, load_checkpoint
+from gentrain.engine.device import check_precision, configure_backends, resolve_device
+from gentrain.errors import GentrainError
+from gentrain.metrics.evaluate import Evaluator, FeatureExtractor, ReferenceCache
+from gentrain.metrics.fidelity import headline_direction, parse_protocol
+from gentrain.models.base import GenerativeModel
+
+
+def setup_device(cfg: DictConfig) -> tuple[torch.device, DeviceSettings]:
+    ds = typed(cfg.device, DeviceSettings, "device")
+    check_precision(ds.precision)
+    device = resolve_device(ds.type)
+    configure_backends(device, ds.tf32)
+    return device, ds
+
+
+def inception_extractor(es: EvalSettings, device: torch.device) -> FeatureExtractor:
+    """The standard FID Inception network (imported on first use: training without metrics never loads it)."""
+    from gentrain.metrics.inception import InceptionFeatures, resolve_weights
+
+    return InceptionFeatures(resolve_weights(es.inception_weights), device)
+
+
+def make_evaluator(es: EvalSettings, dataset: Dataset, device: torch.device) -> Evaluator:
+    options = {"kid_subsets": es.kid_subsets, "kid_subset_size": es.kid_subset_size}
+    return Evaluator(
+        es.metrics, dataset, es.split, lambda: inception_extractor(es, device), ReferenceCache(Path(es.cache_dir)), device,
+        batch_size=es.batch_size, seed=es.seed, options=options,
+    )
+
+
+def best_key(es: EvalSettings) -> tuple[str, bool]:
+    """The result key that picks best.pt (default: the first metric's headline) and whether higher is better."""
+    key = es.best or parse_protocol(es.metrics[0]).headline
+    protocol, higher = headline_direction(key)
+    if protocol.name not in es.metrics:
+        raise GentrainError(f"eval.best={key} but {protocol.name} is not in eval.metrics={es.metrics}; add it or choose another eval.best")
+    return key, higher
+
+
+def required(cfg: DictConfig, key: str, example: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    if value is None or OmegaConf.is_missing(cfg, key):
+        raise GentrainError(f"{key} is required for task={cfg_task_name(cfg)}; e.g. {example}")
+    return value
+
+
+def cfg_task_name(cfg: DictConfig) -> str:
+    target = str(OmegaConf.select(cfg, "task._target_", default="?"))
+    return {"evaluate": "eval"}.get(target.rsplit(".", 1)[-1], target.rsplit(".", 1)[-1])
+
+
+def load_trained(spec: str, device: torch.device) -> tuple[Path, dict[str, Any], GenerativeModel, Dataset]:
+    """Checkpoint path, its contents, its model (weights loaded, on ``device``) and its dataset, from the run config it stores."""
+    path = find_checkpoint(spec)
+    ckpt = load_checkpoint(path)
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or "model" not in config or "dataset" not in config:
+        raise GentrainError(f"{path} holds no run config; it was not written by gentrain's trainer")
+    model = build_model(OmegaConf.create({"model": config["model"]})).to(device)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise GentrainError(f"{path}: the weights do not fit the model of its own config ({str(e).splitlines()[0]})") from None
+    model.eval()
+    dataset = build(OmegaConf.create(config["dataset"]), "dataset")
+    return path, ckpt, model, dataset

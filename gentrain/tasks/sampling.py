@@ -1,0 +1,45 @@
+"""``task=sample ckpt=PATH n=64``: a PNG grid (or scatter plot) and an ``.npz`` of the samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from gentrain.errors import GentrainError
+from gentrain.metrics.evaluate import to_uint8
+from gentrain.tasks.common import load_trained, required, setup_device
+from gentrain.visual import sample_picture, save_png
+
+
+def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    spec = required(cfg, "ckpt", "gentrain task=sample ckpt=outputs/<date>/<time>/checkpoints/last.pt n=64")
+    n = OmegaConf.select(cfg, "n", default=64)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise GentrainError(f"n must be a positive integer, got {n!r}; e.g. n=64")
+    device, _ = setup_device(cfg)
+    path, ckpt, model, dataset = load_trained(str(spec), device)
+    out_dir = Path(OmegaConf.select(cfg, "out", default=None) or path.parent).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(OmegaConf.select(cfg, "seed", default=0))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        x, y = model.sample_with_labels(n, generator=generator)
+    stem = out_dir / f"{path.stem}_step{ckpt['step']}_n{n}_seed{seed}"
+    arrays = {"x": to_uint8(x).cpu().numpy() if x.dim() == 4 else x.float().cpu().numpy()}
+    if y is not None:
+        arrays["y"] = y.cpu().numpy()
+    np.savez_compressed(stem.with_suffix(".npz"), **arrays, step=np.int64(ckpt["step"]), seed=np.int64(seed))
+    reference = dataset.load("train").x[:n].float() if x.dim() == 2 else None
+    picture = sample_picture(x.float(), reference)
+    files = {"npz": str(stem.with_suffix(".npz"))}
+    if picture is not None:
+        save_png(picture, stem.with_suffix(".png"))
+        files["png"] = str(stem.with_suffix(".png"))
+    console.print(f"{n} samples of {path} (step {ckpt['step']}, seed {seed}): {', '.join(files.values())}", highlight=False)
+    return files

@@ -1,0 +1,77 @@
+"""``task=summarize dir=multirun/<date>/<time>``: one table of a sweep's runs (terminal, markdown, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from gentrain.errors import GentrainError
+from gentrain.tasks.common import required
+
+#: Final training metrics shown (when a run has them), besides every evaluation metric.
+TRAIN_KEYS = ("train/D/loss", "train/G/loss", "train/D/D_real", "train/D/D_fake", "train/main/loss")
+
+
+def _run_row(run_dir: Path, root: Path) -> dict[str, Any]:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    row: dict[str, Any] = {"run": str(run_dir.relative_to(root)) or ".", "overrides": " ".join(overrides or [])}
+    report_file = run_dir / "report.json"
+    if not report_file.is_file():
+        row["status"] = "no report (running or failed)"
+        return row
+    report = json.loads(report_file.read_text())
+    run = report["run"]
+    row.update(
+        status=run["status"], steps=run["steps"], wall_time_s=run["train_time_s"], steps_per_s=run["steps_per_s"],
+        model=run.get("model"), dataset=run.get("dataset"), objective=run.get("objective"),
+    )
+    row.update({k: v for k, v in report.get("metrics", {}).items() if not k.endswith("_std")})
+    row.update({k.removeprefix("train/"): report["final"][k] for k in TRAIN_KEYS if k in report.get("final", {})})
+    return row
+
+
+def collect(root: Path) -> list[dict[str, Any]]:
+    """Every run under ``root``: directories with a ``.hydra`` folder or a ``report.json``."""
+    runs = sorted({p.parent.parent for p in root.rglob(".hydra/config.yaml")} | {p.parent for p in root.rglob("report.json")})
+    return [_run_row(r, root) for r in runs]
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def summarize(cfg: DictConfig, console: Console | None = None) -> list[dict[str, Any]]:
+    console = console or Console()
+    root = Path(str(required(cfg, "dir", "gentrain task=summarize dir=multirun/<date>/<time>"))).expanduser()
+    if not root.is_dir():
+        raise GentrainError(f"dir={str(root)!r} is not a directory; point dir= at a sweep folder such as multirun/<date>/<time>")
+    rows = collect(root)
+    if not rows:
+        raise GentrainError(f"no gentrain runs under {root} (no .hydra/config.yaml or report.json); point dir= at a sweep folder")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(root / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    md = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    md += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    (root / "summary.md").write_text(f"# gentrain sweep summary: {root}\n\n{len(rows)} runs.\n\n" + "\n".join(md) + "\n")
+    table = Table(title=f"{root} ({len(rows)} runs)", header_style="bold")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+    console.print(f"written: {root / 'summary.md'}, {root / 'summary.csv'}", highlight=False)
+    return rows

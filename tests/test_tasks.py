@@ -1,0 +1,136 @@
+"""Evaluation during training (eval/*, best.pt, report) and the eval, sample and summarize tasks, on tiny checkpoints.
+
+The Inception network is replaced by a small fixed feature map (TinyExtractor) so these run in seconds on a CPU;
+tests/test_inception.py checks the real network."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import make_config, quiet_console, tiny_overrides
+from gentrain.engine.checkpoint import load_checkpoint
+from gentrain.errors import GentrainError
+from gentrain.tasks import evaluate, sample, summarize
+from test_metrics import TinyExtractor
+
+
+@pytest.fixture(autouse=True)
+def tiny_inception(monkeypatch, tmp_path):
+    monkeypatch.setattr("gentrain.tasks.common.inception_extractor", lambda es, device: TinyExtractor())
+    monkeypatch.setenv("GENTRAIN_CACHE", str(tmp_path / "cache"))
+
+
+EVAL = ["eval.metrics=[fid64,kid32,is32,pr32]", "eval.batch_size=32", "eval.every=2", "eval.kid_subset_size=16", "eval.kid_subsets=5"]
+
+
+@pytest.fixture
+def trained(train_run):
+    return train_run(tiny_overrides("dcgan", "digits", steps=4) + EVAL)
+
+
+def test_training_evaluates_logs_and_keeps_the_best_checkpoint(trained):
+    run_dir, report = trained
+    assert set(report["metrics"]) >= {"fid64", "kid32", "kid32_std", "is32", "pr32_precision", "pr32_recall", "pr32_f1"}
+    fid = next(r for r in report["evaluation"] if r["name"] == "fid64")
+    assert (fid["n_generated"], fid["n_reference"], fid["reference_split"], fid["extractor"]) == (64, 64, "digits/test", "tiny:0")
+    assert report["evaluation_step"] == 4 and report["best"]["key"] == "fid64"
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert [e["step"] for e in evals] == [2, 4]
+    best_step = min(evals, key=lambda e: e["fid64"])["step"]
+    assert report["best"]["step"] == best_step
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["step"] == best_step and best["best"]["value"] == min(e["fid64"] for e in evals)
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/fid64")] == [2, 4] and "eval/pr32_recall" in acc.Tags()["scalars"]
+    md = (run_dir / "report.md").read_text()
+    assert "| fid64 |" in md and "64 (digits/test)" in md and "![curves](curves.png)" in md
+    assert Image.open(run_dir / "curves.png").size[0] > 300
+
+
+def test_eval_task_writes_a_report_beside_the_checkpoint(trained):
+    run_dir, train_report = trained
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    report = evaluate(make_config(["task=eval", f"ckpt={ckpt}", "device=cpu", "eval.metrics=[fid64,is32]", "eval.batch_size=32"]), quiet_console())
+    assert report["step"] == 4 and report["choices"]["model"] == "dcgan"
+    # the same model, noise and reference give the number training reported
+    assert report["metrics"]["fid64"] == pytest.approx(train_report["metrics"]["fid64"], rel=1e-6)
+    assert report["reference_from_cache"] is True  # computed once during training
+    saved = json.loads((run_dir / "checkpoints" / "last.eval.json").read_text())
+    assert saved["evaluation"][0]["n_generated"] == 64
+    assert "| fid64 |" in (run_dir / "checkpoints" / "last.eval.md").read_text()
+
+
+def test_sample_task_writes_a_grid_and_an_npz(trained, tmp_path):
+    run_dir, _ = trained
+    files = sample(make_config(["task=sample", f"ckpt={run_dir}", "n=10", "device=cpu", f"out={tmp_path / 'out'}"]), quiet_console())
+    data = np.load(files["npz"])
+    assert data["x"].shape == (10, 1, 8, 8) and data["x"].dtype == np.uint8 and "y" not in data and int(data["step"]) == 4
+    assert Image.open(files["png"]).size[0] > 8
+
+
+def test_sample_task_on_2d_data_writes_points(train_run, tmp_path):
+    run_dir, _ = train_run(tiny_overrides("gan_mlp", "ring8", steps=2))
+    files = sample(make_config(["task=sample", f"ckpt={run_dir / 'checkpoints' / 'last.pt'}", "n=50", "device=cpu"]), quiet_console())
+    assert np.load(files["npz"])["x"].shape == (50, 2) and files["png"].endswith(".png")
+
+
+def test_summarize_task_gathers_a_sweep(train_run, tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, objective in enumerate(("minimax", "non_saturating")):
+        run_dir, _ = train_run(tiny_overrides("gan_mlp", "moons", objective, steps=2), f"sweep/{i}")
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- objective={objective}\n")
+        (run_dir / ".hydra" / "config.yaml").write_text("{}\n")
+    crashed = sweep / "2" / ".hydra"
+    crashed.mkdir(parents=True)
+    (crashed / "config.yaml").write_text("{}\n")
+    rows = summarize(make_config(["task=summarize", f"dir={sweep}"]), quiet_console())
+    assert [r["run"] for r in rows] == ["0", "1", "2"]
+    assert rows[0]["overrides"] == "objective=minimax" and rows[1]["objective"] == "non_saturating" and rows[0]["steps"] == 2
+    assert rows[2]["status"].startswith("no report")
+    with open(sweep / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 and "G/loss" in table[0] and table[0]["G/loss"]
+    assert "objective=non_saturating" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["task=eval", "ckpt=/nonexistent/last.pt"], "no checkpoint at"),
+        (["task=eval"], "ckpt is required"),
+        (["task=sample", "ckpt=/nonexistent"], "no checkpoint at"),
+        (["task=summarize", "dir=/nonexistent"], "not a directory"),
+        (["task=eval", "ckpt=CKPT", "eval.metrics=[fid1]"], "at least 2"),
+        (["task=eval", "ckpt=CKPT", "eval.metrics=[fidd10k]"], "unknown metric"),
+        (["task=eval", "ckpt=CKPT", "eval.metrics=[]"], "needs metrics"),
+        (["task=sample", "ckpt=CKPT", "n=0"], "positive integer"),
+    ],
+)
+def test_task_errors_are_one_line(trained, overrides, fragment):
+    run_dir, _ = trained
+    overrides = [o.replace("CKPT", str(run_dir / "checkpoints" / "last.pt")) for o in overrides] + ["device=cpu"]
+    cfg = make_config(overrides)
+    task = {"task=eval": evaluate, "task=sample": sample, "task=summarize": summarize}[overrides[0]]
+    with pytest.raises(GentrainError, match=fragment) as e:
+        task(cfg, quiet_console())
+    assert "\n" not in str(e.value)
+
+
+def test_a_file_that_is_not_a_gentrain_checkpoint_is_refused(tmp_path):
+    bogus = tmp_path / "model.pt"
+    bogus.write_bytes(b"\x80\x04junk")
+    with pytest.raises(GentrainError, match="not a readable gentrain checkpoint"):
+        evaluate(make_config(["task=eval", f"ckpt={bogus}", "device=cpu"]), quiet_console())
+
+
+def test_best_must_name_a_listed_metric(train_run):
+    with pytest.raises(GentrainError, match="eval.best"):
+        train_run(tiny_overrides("dcgan", "digits", steps=2) + ["eval.metrics=[fid64]", "eval.best=kid64"])
