@@ -88,3 +88,16 @@ def test_dataset_missing_offline_is_one_line(tmp_path):
 
 def test_image_folder_without_a_path_is_one_line(tmp_path):
     assert_one_line_error(gentrain(["dataset=image_folder", *TINY_RUN], tmp_path), "dataset.path")
+
+
+def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path):
+    assert_one_line_error(gentrain(["task=eval", f"ckpt={tmp_path}/nope.pt"], tmp_path), "no checkpoint at")
+
+
+def test_sample_task_from_the_shell(tmp_path):
+    result = gentrain(["model=gan_mlp", "dataset=moons", "trainer.max_steps=1", *TINY_RUN, *TINY["gan_mlp"]], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    result = gentrain(["task=sample", f"ckpt={run_dir}", "n=20", "device=cpu"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(list((run_dir / "checkpoints").glob("last_step1_n20_seed0.*"))) == 2

