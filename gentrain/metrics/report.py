@@ -150,14 +150,18 @@ def render_curves(jsonl: Path, out: Path) -> Path | None:
         group = "D outputs" if k.rsplit("/", 1)[-1] in ("D_real", "D_fake") else "losses"
         panels.setdefault(group, []).append(k)
     eval_keys = sorted({k for r in evals for k in r if k not in ("kind", "step", "eval_time_s", "results") and not k.endswith("_std")})
-    if eval_keys:
-        panels["evaluation"] = eval_keys
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
-    for ax, (title, names) in zip(axes[0], panels.items()):
-        source = evals if title == "evaluation" else train
+    for key in eval_keys:  # one panel per protocol: FID and KID live on different scales
+        panels.setdefault(f"eval: {key.split('_')[0]}", []).append(key)
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, names) in zip(axes.flat, panels.items()):
+        source = evals if title.startswith("eval") else train
         for name in names:
             points = [(r["step"], r[name]) for r in source if name in r]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=name.removeprefix("train/"), marker="o" if title == "evaluation" else None, markersize=3)
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name.removeprefix("train/"), marker="o" if title.startswith("eval") else None, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
