@@ -51,10 +51,10 @@ def scatter_image(real: Tensor, fake: Tensor, size: int = 512, margin: float = 0
     return canvas
 
 
-def sample_picture(x: Tensor, reference: Tensor | None = None) -> np.ndarray | None:
-    """The natural picture of a batch of samples: a grid for images, a scatter against ``reference`` for 2-D points."""
+def sample_picture(x: Tensor, reference: Tensor | None = None, nrow: int | None = None) -> np.ndarray | None:
+    """The natural picture of a batch of samples: a grid for images (``nrow`` a row), a scatter against ``reference`` for 2-D points."""
     if x.dim() == 4:
-        return image_grid(x)
+        return image_grid(x, nrow)
     if x.dim() == 2 and x.shape[1] == 2:
         return scatter_image(reference if reference is not None else x, x)
     return None

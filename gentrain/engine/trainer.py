@@ -291,9 +291,9 @@ class Trainer:
         self.model.eval()
         generator = torch.Generator(device=self.device).manual_seed(self.settings.seed + _FIXED_NOISE_SEED_OFFSET)
         n = self.log_settings.n_points if self.reference is not None else self.log_settings.n_samples
-        x = self.model.sample(n, generator=generator).float()
+        x, nrow = self.model.sample_grid(n, generator=generator)
         self.model.train(was_training)
-        picture = sample_picture(x, self.reference)
+        picture = sample_picture(x.float(), self.reference, nrow)
         if picture is None:
             return
         path = self.run_dir / "samples" / f"step_{self.step:06d}.png"

@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from gentrain.data.base import DataSplit
+from gentrain.errors import GentrainError
+
 
 class GenerativeModel(nn.Module):
     """Base of every gentrain model."""
@@ -26,19 +29,36 @@ class GenerativeModel(nn.Module):
         """Samples and their class labels [n] (None for unconditional models)."""
         return self.sample(n, generator=generator), None
 
+    def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
+        """About ``n`` samples for a picture and the images per row (None: square); conditional models give one row per class."""
+        return self.sample(n, generator=generator), None
+
+    def check_data(self, data: DataSplit, dataset: str) -> None:
+        """Refuse training data the model cannot use (e.g. a conditional model on unlabelled data); nothing by default."""
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
 
 class AdversarialModel(GenerativeModel):
-    """A generator ``G: z -> x`` and a discriminator (or critic) ``D: x -> logit [B]``."""
+    """A generator ``G(z, y) -> x`` and a discriminator (critic) ``D(x, y) -> (logit [B], class logits [B, K] or None)``.
+
+    Unconditional models ignore ``y``. Conditional models set ``num_classes`` and override
+    :meth:`generate` and :meth:`discriminate`; auxiliary-classifier models return class logits.
+    """
+
+    num_classes: int | None = None
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, z_dim: int) -> None:
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
         self.z_dim = z_dim
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None
 
     def param_groups(self) -> dict[str, nn.Module]:
         return {"G": self.generator, "D": self.discriminator}
@@ -47,5 +67,37 @@ class AdversarialModel(GenerativeModel):
         """Latent codes z ~ N(0, I), [n, z_dim]."""
         return torch.randn(n, self.z_dim, device=device or self.device, generator=generator)
 
+    def random_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """Uniform class labels [n] for conditional models, else None."""
+        if self.num_classes is None:
+            return None
+        return torch.randint(0, self.num_classes, (n,), device=self.device, generator=generator)
+
+    def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.generator(z)
+
+    def discriminate(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        return self.discriminator(x).flatten(), None
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.generator(self.noise(n, generator=generator))
+        return self.sample_with_labels(n, generator)[0]
+
+    def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        z = self.noise(n, generator=generator)
+        y = self.random_labels(n, generator)
+        return self.generate(z, y), y
+
+    def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
+        if self.num_classes is None:
+            return self.sample(n, generator), None
+        per_class = max(1, n // self.num_classes)
+        y = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
+        return self.generate(self.noise(y.shape[0], generator=generator), y), per_class
+
+    def check_data(self, data: DataSplit, dataset: str) -> None:
+        if self.num_classes is None:
+            return
+        if data.y is None:
+            raise GentrainError(f"a conditional model needs class labels and dataset={dataset} has none; use an unconditional model (e.g. model=dcgan)")
+        if int(data.y.max()) >= self.num_classes:
+            raise GentrainError(f"dataset={dataset} has {int(data.y.max()) + 1} classes but the model has {self.num_classes}; set model.num_classes")

@@ -80,10 +80,12 @@ class GanMLP(AdversarialModel):
         g_widths: Sequence[int] = (128, 256, 512, 1024),
         d_widths: Sequence[int] = (512, 256),
         g_batchnorm: bool = True,
+        spectral_norm: bool = False,
     ) -> None:
         shape = _check_shape(shape)
+        discriminator = mlp_discriminator(shape, list(d_widths))
         super().__init__(
-            mlp_generator(z_dim, shape, list(g_widths), g_batchnorm), mlp_discriminator(shape, list(d_widths)), z_dim
+            mlp_generator(z_dim, shape, list(g_widths), g_batchnorm), spectral_norm_(discriminator) if spectral_norm else discriminator, z_dim
         )
 
 
@@ -124,18 +126,49 @@ def dcgan_generator(z_dim: int, shape: Sequence[int], width: int) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-def dcgan_discriminator(shape: Sequence[int], width: int) -> nn.Sequential:
-    """[B, C, H, W] -> logit [B, 1, 1, 1]: strided convolutions (4, stride 2) halving the side, then an s0 x s0 convolution."""
+D_NORMS = ("batch", "layer", "none")
+
+
+def _check_d_norm(norm: str) -> str:
+    if norm not in D_NORMS:
+        raise GentrainError(f"model.d_norm={norm!r} is not one of {', '.join(D_NORMS)}; e.g. model.d_norm=layer (WGAN-GP critics)")
+    return norm
+
+
+def _norm2d(kind: str, channels: int) -> list[nn.Module]:
+    """Batch norm (DCGAN); layer norm over (C, H, W) as GroupNorm(1, C), for critics whose penalty is per sample (WGAN-GP); or none."""
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)]
+    if kind == "layer":
+        return [nn.GroupNorm(1, channels)]
+    return []
+
+
+def dcgan_discriminator(shape: Sequence[int], width: int, norm: str = "batch", out_channels: int = 1) -> nn.Sequential:
+    """[B, C, H, W] -> [B, out_channels, 1, 1]: strided convolutions (4, stride 2) halving the side, then an s0 x s0 convolution.
+
+    ``norm`` after every hidden convolution but the first; the last layer is the head (``out_channels`` logits).
+    """
     channels, size = shape[0], shape[1]
     s0, n_up = dcgan_layout(size)
-    # the image layer: no batch norm (DCGAN rule)
+    # the image layer: no normalisation (DCGAN rule)
     layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
     ch = width
     for _ in range(n_up - 1):
-        layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=norm == "none"), *_norm2d(norm, ch * 2), nn.LeakyReLU(0.2, True)]
         ch *= 2
-    layers.append(nn.Conv2d(ch, 1, s0, 1, 0))
+    layers.append(nn.Conv2d(ch, out_channels, s0, 1, 0))
     return nn.Sequential(*layers)
+
+
+def spectral_norm_(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every convolution and linear layer of ``module``, in place."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            setattr(module, name, nn.utils.parametrizations.spectral_norm(child))
+        else:
+            spectral_norm_(child)
+    return module
 
 
 def dcgan_init_(module: nn.Module) -> None:
@@ -145,13 +178,18 @@ def dcgan_init_(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
 
 class DCGAN(AdversarialModel):
-    """DCGAN for square images of any side divisible by 2; on vector data (the 2-D toy sets) it uses the MLP networks."""
+    """DCGAN for square images of any side divisible by 2; on vector data (the 2-D toy sets) it uses the MLP networks.
+
+    ``d_norm``: the discriminator's normalisation, ``batch`` (DCGAN), ``layer`` or ``none`` (WGAN-GP
+    critics: the gradient penalty is per sample, which batch norm would couple); ``spectral_norm``
+    normalises every discriminator layer (SNGAN).
+    """
 
     def __init__(
         self,
@@ -159,18 +197,23 @@ class DCGAN(AdversarialModel):
         z_dim: int = 100,
         g_width: int = 64,
         d_width: int = 64,
+        d_norm: str = "batch",
+        spectral_norm: bool = False,
         mlp_g_widths: Sequence[int] = (128, 256, 512, 1024),
         mlp_d_widths: Sequence[int] = (512, 256),
     ) -> None:
         shape = _check_shape(shape)
+        _check_d_norm(d_norm)
         if len(shape) == 1:
             log.warning("model=dcgan: vector data %s has no spatial axes, so it uses the MLP networks", shape)
-            super().__init__(mlp_generator(z_dim, shape, list(mlp_g_widths)), mlp_discriminator(shape, list(mlp_d_widths)), z_dim)
-            return
-        if shape[1] != shape[2]:
-            raise GentrainError(f"model=dcgan needs square images, got {shape[1]}x{shape[2]}; set dataset.size to one side")
-        super().__init__(dcgan_generator(z_dim, shape, g_width), dcgan_discriminator(shape, d_width), z_dim)
-        dcgan_init_(self)
+            generator, discriminator = mlp_generator(z_dim, shape, list(mlp_g_widths)), mlp_discriminator(shape, list(mlp_d_widths))
+        else:
+            if shape[1] != shape[2]:
+                raise GentrainError(f"model=dcgan needs square images, got {shape[1]}x{shape[2]}; set dataset.size to one side")
+            generator, discriminator = dcgan_generator(z_dim, shape, g_width), dcgan_discriminator(shape, d_width, d_norm)
+            dcgan_init_(generator)
+            dcgan_init_(discriminator)
+        super().__init__(generator, spectral_norm_(discriminator) if spectral_norm else discriminator, z_dim)
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:

@@ -1,7 +1,12 @@
-"""Adversarial objectives (Goodfellow et al. 2014), computed from logits, never as log of a sigmoid.
+"""Adversarial objectives: the discriminator (critic) ``d_steps`` times, then the generator once.
 
-With ``l = D(x)`` a logit and ``sigmoid(l)`` the probability of "real":
-``log sigmoid(l) = -softplus(-l)`` and ``log(1 - sigmoid(l)) = -softplus(l)``, both finite for any ``l``.
+The base class draws the noise and labels, runs G and D through the model's ``generate`` and
+``discriminate`` (so conditional and auxiliary-classifier models work with every objective),
+adds an optional penalty and the auxiliary classification loss; subclasses give the losses.
+
+The GAN losses (Goodfellow et al. 2014) are computed from logits, never as log of a sigmoid:
+with ``l = D(x)``, ``log sigmoid(l) = -softplus(-l)`` and ``log(1 - sigmoid(l)) = -softplus(l)``,
+both finite for any ``l``.
 """
 
 from __future__ import annotations
@@ -14,28 +19,99 @@ from gentrain.models.base import AdversarialModel
 from gentrain.objectives.base import Batch, Objective, Phase, StepOutput, check_positive_int, mean_scalar
 
 
-class GANObjective(Objective):
-    """Discriminator ``d_steps`` times, then the generator once. Subclasses define the generator loss.
+class AdversarialObjective(Objective):
+    """Shared machinery of every adversarial objective.
 
-    The discriminator minimises ``-[t log D(x) + (1 - t) log(1 - D(x))] - log(1 - D(G(z)))`` with
-    ``t = 1 - label_smoothing`` (one-sided label smoothing, Salimans et al. 2016; 0 disables it).
+    Subclasses implement :meth:`critic_loss` and :meth:`generator_loss` on logits; they may add a
+    :meth:`penalty` (WGAN-GP) or an :meth:`after_update` hook (weight clipping). ``aux_weight``
+    scales the auxiliary classifier's cross-entropy for models that have one (AC-GAN, Odena et al. 2017).
     """
 
     family = AdversarialModel
 
-    def __init__(self, d_steps: int = 1, label_smoothing: float = 0.0) -> None:
+    def __init__(self, d_steps: int = 1, aux_weight: float = 1.0) -> None:
         check_positive_int(d_steps, "objective.d_steps")
-        if not 0.0 <= float(label_smoothing) < 1.0:
-            raise GentrainError(
-                f"objective.label_smoothing must be in [0, 1), got {label_smoothing!r}; "
-                "e.g. objective.label_smoothing=0.1 (0 disables it)"
-            )
+        if float(aux_weight) < 0:
+            raise GentrainError(f"objective.aux_weight must be >= 0, got {aux_weight!r}; e.g. objective.aux_weight=1.0")
         self.d_steps = d_steps
-        self.label_smoothing = float(label_smoothing)
+        self.aux_weight = float(aux_weight)
         self.phases = (Phase("D", d_steps), Phase("G", 1))
 
+    # ---- what subclasses define ---------------------------------------------------------------
+    def critic_loss(self, logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Scalar discriminator loss and logs from logits on real [B] and fake [B]."""
+        raise NotImplementedError
+
+    def generator_loss(self, logits_fake: Tensor) -> Tensor:
+        """Per-sample generator loss [B]."""
+        raise NotImplementedError
+
+    def penalty(self, model: AdversarialModel, x_real: Tensor, x_fake: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """An extra critic term (e.g. the gradient penalty); none by default."""
+        return None
+
+    # ---- the phases ---------------------------------------------------------------------------
     def step(self, phase: str, model: AdversarialModel, batch: Batch) -> StepOutput:
         return self.discriminator_step(model, batch) if phase == "D" else self.generator_step(model, batch)
+
+    @staticmethod
+    def _labels(model: AdversarialModel, batch: Batch) -> Tensor | None:
+        # conditional models: fakes take the batch's labels, so real and fake share the class balance
+        return batch.y if model.conditional else None
+
+    def _aux(self, class_logits: Tensor | None, y: Tensor | None, logs: dict[str, Tensor], name: str) -> Tensor | None:
+        if class_logits is None or y is None:
+            return None
+        loss = F.cross_entropy(class_logits.float(), y)
+        logs[f"aux_loss_{name}"] = loss.detach()
+        logs[f"aux_acc_{name}"] = (class_logits.argmax(1) == y).float().mean()
+        return loss
+
+    def discriminator_step(self, model: AdversarialModel, batch: Batch) -> StepOutput:
+        y = self._labels(model, batch)
+        z = model.noise(batch.x.shape[0], device=batch.x.device)
+        # detach: the discriminator's phase must not push gradients into the generator
+        x_fake = model.generate(z, y).detach()
+        logits_real, class_real = model.discriminate(batch.x, y)
+        logits_fake, class_fake = model.discriminate(x_fake, y)
+        loss, logs = self.critic_loss(logits_real, logits_fake)
+        logs["D_real"] = mean_scalar(logits_real.sigmoid())  # mean D(x), as a probability
+        logs["D_fake"] = mean_scalar(logits_fake.sigmoid())  # mean D(G(z))
+        extra = self.penalty(model, batch.x, x_fake, y)
+        if extra is not None:
+            loss = loss + extra[0]
+            logs.update(extra[1])
+        for class_logits, name in ((class_real, "real"), (class_fake, "fake")):
+            aux = self._aux(class_logits, y, logs, name)
+            if aux is not None:
+                loss = loss + self.aux_weight * aux
+        logs["loss"] = loss.detach()
+        return StepOutput(loss, logs)
+
+    def generator_step(self, model: AdversarialModel, batch: Batch) -> StepOutput:
+        y = self._labels(model, batch)
+        z = model.noise(batch.x.shape[0], device=batch.x.device)
+        logits_fake, class_fake = model.discriminate(model.generate(z, y), y)
+        loss = self.generator_loss(logits_fake).mean()
+        logs = {"D_fake": mean_scalar(logits_fake.sigmoid())}
+        aux = self._aux(class_fake, y, logs, "fake")
+        if aux is not None:
+            loss = loss + self.aux_weight * aux
+        logs["loss"] = loss.detach()
+        return StepOutput(loss, logs)
+
+
+class GANObjective(AdversarialObjective):
+    """The discriminator minimises ``-[t log D(x) + (1 - t) log(1 - D(x))] - log(1 - D(G(z)))`` with
+    ``t = 1 - label_smoothing`` (one-sided label smoothing, Salimans et al. 2016; 0 disables it)."""
+
+    def __init__(self, d_steps: int = 1, label_smoothing: float = 0.0, aux_weight: float = 1.0) -> None:
+        super().__init__(d_steps, aux_weight)
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise GentrainError(
+                f"objective.label_smoothing must be in [0, 1), got {label_smoothing!r}; e.g. objective.label_smoothing=0.1 (0 disables it)"
+            )
+        self.label_smoothing = float(label_smoothing)
 
     def discriminator_loss(self, logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample losses on real [B] and fake [B'] logits."""
@@ -45,34 +121,9 @@ class GANObjective(Objective):
         loss_fake = F.softplus(logits_fake)
         return loss_real, loss_fake
 
-    def discriminator_step(self, model: AdversarialModel, batch: Batch) -> StepOutput:
-        z = model.noise(batch.x.shape[0], device=batch.x.device)
-        # detach: the discriminator's phase must not push gradients into the generator
-        x_fake = model.generator(z).detach()
-        logits_real = model.discriminator(batch.x).flatten()
-        logits_fake = model.discriminator(x_fake).flatten()
+    def critic_loss(self, logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         loss_real, loss_fake = self.discriminator_loss(logits_real, logits_fake)
-        loss = loss_real.mean() + loss_fake.mean()
-        return StepOutput(
-            loss,
-            {
-                "loss": loss.detach(),
-                "loss_real": mean_scalar(loss_real),
-                "loss_fake": mean_scalar(loss_fake),
-                "D_real": mean_scalar(logits_real.sigmoid()),  # mean D(x)
-                "D_fake": mean_scalar(logits_fake.sigmoid()),  # mean D(G(z))
-            },
-        )
-
-    def generator_loss(self, logits_fake: Tensor) -> Tensor:
-        """Per-sample generator loss [B] from the discriminator's logits on fakes."""
-        raise NotImplementedError
-
-    def generator_step(self, model: AdversarialModel, batch: Batch) -> StepOutput:
-        z = model.noise(batch.x.shape[0], device=batch.x.device)
-        logits_fake = model.discriminator(model.generator(z)).flatten()
-        loss = self.generator_loss(logits_fake).mean()
-        return StepOutput(loss, {"loss": loss.detach(), "D_fake": mean_scalar(logits_fake.sigmoid())})
+        return loss_real.mean() + loss_fake.mean(), {"loss_real": mean_scalar(loss_real), "loss_fake": mean_scalar(loss_fake)}
 
 
 class Minimax(GANObjective):
@@ -90,3 +141,14 @@ class NonSaturating(GANObjective):
 
     def generator_loss(self, logits_fake: Tensor) -> Tensor:
         return F.softplus(-logits_fake)
+
+
+class Hinge(AdversarialObjective):
+    """Hinge loss (Lim & Ye 2017; SNGAN, BigGAN): D minimises ``relu(1 - D(x)) + relu(1 + D(G(z)))``, G minimises ``-D(G(z))``."""
+
+    def critic_loss(self, logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss_real, loss_fake = F.relu(1.0 - logits_real), F.relu(1.0 + logits_fake)
+        return loss_real.mean() + loss_fake.mean(), {"loss_real": mean_scalar(loss_real), "loss_fake": mean_scalar(loss_fake)}
+
+    def generator_loss(self, logits_fake: Tensor) -> Tensor:
+        return -logits_fake
