@@ -22,6 +22,7 @@ class TrainerSettings:
     seed: int = 0
     resume: Any = False  # false | true (this run dir's checkpoints/last.pt) | path to a .pt or a run dir
     ckpt_every: int = 1000  # steps between checkpoints/last.pt writes; 0: only at the end
+    ema_decay: Optional[float] = None  # exponential moving average of the generator's weights (e.g. 0.999); None: off
 
     at_least_one: ClassVar[frozenset[str]] = frozenset({"max_steps", "batch_size"})
 
@@ -32,10 +33,13 @@ class LoggerSettings:
     samples_every: int = 500  # steps between sample pictures
     n_samples: int = 64  # images in a sample grid
     n_points: int = 2048  # points in a 2-D scatter plot
+    interpolations: bool = True  # latent interpolation grids (linear and spherical) with the samples, for image models
+    interp_rows: int = 8
+    interp_steps: int = 10
     tensorboard: bool = True
     progress: bool = True  # rich progress bar on a terminal (plain lines elsewhere)
 
-    at_least_one: ClassVar[frozenset[str]] = frozenset({"every", "samples_every", "n_samples", "n_points"})
+    at_least_one: ClassVar[frozenset[str]] = frozenset({"every", "samples_every", "n_samples", "n_points", "interp_rows", "interp_steps"})
 
 
 @dataclass
@@ -51,6 +55,7 @@ class EvalSettings:
     metrics: list[str] = field(default_factory=list)  # protocols: fid10k, kid10k, is10k, pr10k, fid1k, ...
     every: int = 0  # steps between evaluations during training; 0: none
     at_end: bool = True  # evaluate after the last step (the report's numbers)
+    use_ema: bool = True  # evaluate and sample with the averaged weights when trainer.ema_decay is set
     best: Optional[str] = None  # result key that picks checkpoints/best.pt; default: the first metric's headline
     split: str = "test"  # reference split
     batch_size: int = 250

@@ -33,7 +33,9 @@ def test_every_model_objective_dataset_trains_and_writes_all_outputs(train_run, 
     run_dir, report = train_run(tiny_overrides(model, dataset, objective, steps=3))
     for name in ("checkpoints/last.pt", "metrics.jsonl", "report.json", "report.md"):
         assert (run_dir / name).is_file(), name
-    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step_000002.png", "step_000003.png"]
+    assert sorted(p.name for p in (run_dir / "samples").glob("step_*.png")) == ["step_000002.png", "step_000003.png"]
+    interpolations = sorted(p.name for p in (run_dir / "samples").glob("interp_*.png"))
+    assert interpolations == ([] if dataset != "digits" else [f"interp_{k}_step_00000{s}.png" for k in ("lerp", "slerp") for s in (2, 3)])
     assert Image.open(run_dir / "samples" / "step_000003.png").size[0] > 8
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 3]
@@ -163,7 +165,7 @@ def test_incompatible_optimizer_config_is_one_line(train_run):
         ("trainer.batch_size=100000", "larger than the"),
         ("device.precision=fp8", "device.precision"),
         ("logger.every=-1", "logger.every"),
-        ("eval.metrics=[fid10k]", "eval.metrics"),
+        ("eval.metrics=[fid10k]", "fid10k needs"),
     ],
 )
 def test_bad_values_are_refused_before_training(train_run, override, fragment):

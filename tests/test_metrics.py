@@ -255,3 +255,36 @@ def test_extract_keeps_features_not_images():
     ext = TinyExtractor()
     feats = extract(lambda s, k: torch.full((k, 1, 8, 8), s % 256, dtype=torch.uint8), 70, ext, 25)
     assert feats.pool.shape == (70, 16) and feats.pool.dtype == torch.float32 and ext.batch_sizes == [25, 25, 20]
+
+
+def test_mode_coverage_protocol_on_toy_points(tmp_path):
+    from gentrain.data.toy import Grid25
+    from gentrain.models.gan import GanMLP
+
+    torch.manual_seed(0)
+    model = GanMLP(shape=(2,), z_dim=4, g_widths=(8,), d_widths=(8,))
+    ev = Evaluator(["modes500"], Ring8(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))
+    (result,) = ev(model)
+    assert set(result.values) == {"modes500", "modes500_hq"} and result.n_generated == 500 and result.extractor == "points"
+    assert 0 <= result.values["modes500"] <= 8 and "high-quality" in result.notes[0]
+    assert not (tmp_path / "reference").exists()  # no reference set, no Inception
+
+    class Perfect(GanMLP):
+        """Samples the mixture itself: every mode covered, about 98.9% within 3 std (2-D Rayleigh)."""
+
+        def sample(self, n, generator=None):
+            return Grid25(n_train=n, n_test=2).load("train").x
+
+    (perfect,) = Evaluator(["modes2500"], Grid25(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))(Perfect(shape=(2,)))
+    assert perfect.values["modes2500"] == 25 and 0.97 < perfect.values["modes2500_hq"] < 1.0
+
+
+def test_metrics_that_do_not_fit_the_data_name_the_ones_that_do(tmp_path):
+    with pytest.raises(GentrainError, match="modes<count>"):
+        Evaluator(["fid100"], Ring8(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))
+    with pytest.raises(GentrainError, match="fid<count>"):
+        Evaluator(["modes100"], Digits(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))
+    from gentrain.data.toy import Moons
+
+    with pytest.raises(GentrainError, match="ring8 or grid25"):
+        Evaluator(["modes100"], Moons(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))

@@ -8,6 +8,7 @@ intervals.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -24,13 +25,14 @@ from gentrain import __version__
 from gentrain.config import LoggerSettings, TrainerSettings
 from gentrain.engine.checkpoint import FORMAT, VERSION, atomic_save, rng_state, set_rng_state
 from gentrain.engine.device import autocast
+from gentrain.engine.ema import EMA
 from gentrain.engine.loader import BatchStream
 from gentrain.engine.loggers import ConsoleProgress, JsonlWriter, TensorBoardLogger
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import MetricResult
 from gentrain.models.base import GenerativeModel
 from gentrain.objectives.base import Objective
-from gentrain.visual import sample_picture, save_png
+from gentrain.visual import image_grid, sample_picture, save_png
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ class Trainer:
         console: Console | None = None,
         evaluation: EvalSchedule | None = None,
         choices: dict[str, str] | None = None,
+        sample_with_ema: bool = True,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -132,6 +135,8 @@ class Trainer:
         self.tb: TensorBoardLogger | None = None
         self.evaluation = evaluation
         self.choices = choices or {}  # the config-group options of the run (model=dcgan ...), for tasks that reload it
+        self.ema = EMA(model, trainer.ema_decay) if trainer.ema_decay is not None else None
+        self.sample_with_ema = sample_with_ema
         self.eval_results: list[MetricResult] = []
         self.eval_step: int | None = None
         self.best: dict[str, Any] | None = None
@@ -151,6 +156,7 @@ class Trainer:
             "stream": self.stream.state_dict(),
             "rng": rng_state(),
             "best": self.best,
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "choices": self.choices,
             "config": self.config,
         }
@@ -175,6 +181,10 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.train_time_s = float(ckpt.get("train_time_s", 0.0))
         self.best = ckpt.get("best")
+        if self.ema is not None:
+            if ckpt.get("ema") is None:
+                raise GentrainError(f"checkpoint {source} has no weight average; resume without trainer.ema_decay or from a run that had it")
+            self.ema.load_state_dict(ckpt["ema"])
 
     def save(self) -> Path:
         path = self.run_dir / "checkpoints" / "last.pt"
@@ -228,6 +238,8 @@ class Trainer:
                     self._set_trainable(phase.name)
                     for _ in range(phase.repeats):
                         self._phase_update(phase.name)
+                if self.ema is not None:
+                    self.ema.update()
                 self.step += 1
                 progress.advance(self.step)
                 last = self.step == s.max_steps
@@ -285,13 +297,21 @@ class Trainer:
                 f"or use device.precision=fp32; the last finite checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'}"
             )
 
+    def _sampling_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The averaged weights for samples and evaluation when there are any (and eval.use_ema)."""
+        if self.ema is not None and self.sample_with_ema:
+            return self.ema.applied(self.model)
+        return contextlib.nullcontext()
+
     @torch.no_grad()
     def _samples(self) -> None:
         was_training = self.model.training
         self.model.eval()
         generator = torch.Generator(device=self.device).manual_seed(self.settings.seed + _FIXED_NOISE_SEED_OFFSET)
         n = self.log_settings.n_points if self.reference is not None else self.log_settings.n_samples
-        x, nrow = self.model.sample_grid(n, generator=generator)
+        with self._sampling_weights():
+            x, nrow = self.model.sample_grid(n, generator=generator)
+            interpolations = self._interpolations(generator)
         self.model.train(was_training)
         picture = sample_picture(x.float(), self.reference, nrow)
         if picture is None:
@@ -301,12 +321,32 @@ class Trainer:
         self.sample_path = path
         if self.tb is not None:
             self.tb.image("samples", picture, self.step)
+        for kind, grid in interpolations.items():
+            image = image_grid(grid.float(), self.log_settings.interp_steps)
+            save_png(image, self.run_dir / "samples" / f"interp_{kind}_step_{self.step:06d}.png")
+            if self.tb is not None:
+                self.tb.image(f"interpolation/{kind}", image, self.step)
+
+    def _interpolations(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """Linear and spherical latent interpolation grids (images only: a path of 2-D points is no picture)."""
+        ls = self.log_settings
+        if not ls.interpolations or self.reference is not None:
+            return {}
+        grids = {}
+        for kind, spherical in (("lerp", False), ("slerp", True)):
+            g = torch.Generator(device=self.device).manual_seed(self.settings.seed + _FIXED_NOISE_SEED_OFFSET + 1)
+            out = self.model.interpolate(ls.interp_rows, ls.interp_steps, spherical, generator=g)
+            if out is None:
+                return {}
+            grids[kind] = out
+        return grids
 
     def _evaluate(self, ev: EvalSchedule) -> None:
         """Evaluate (its time is not training time), log ``eval/*``, and keep ``best.pt`` by the chosen key."""
         self._log()  # close the training interval first, so steps/s excludes evaluation
         t0 = time.perf_counter()
-        results = ev.evaluate(self.model)
+        with self._sampling_weights():
+            results = ev.evaluate(self.model)
         elapsed = time.perf_counter() - t0
         self._mark = (time.perf_counter(), self.step)
         values = {k: v for r in results for k, v in r.values.items()}

@@ -22,7 +22,7 @@ from torch import Tensor
 from gentrain.data.base import Dataset
 from gentrain.engine.checkpoint import atomic_save
 from gentrain.errors import GentrainError
-from gentrain.metrics.fidelity import Features, MetricResult, Protocol, compute, parse_protocol
+from gentrain.metrics.fidelity import FAMILIES, Features, MetricResult, Protocol, compute, parse_protocol
 from gentrain.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,16 @@ class FeatureExtractor(TypingProtocol):
     has_logits: bool
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor | None]: ...  # uint8 [B, C, H, W] -> ([B, D], [B, K] | None)
+
+
+class PointFeatures:
+    """The "features" of 2-D toy points are the points themselves (mode coverage works on them directly)."""
+
+    identity = "points"
+    has_logits = False
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, None]:
+        return x.float(), None
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -64,12 +74,20 @@ def extract(batches: Callable[[int, int], Tensor], n: int, extractor: FeatureExt
 
 @torch.no_grad()
 def generated_features(model: GenerativeModel, n: int, extractor: FeatureExtractor, batch_size: int, seed: int) -> Features:
-    """Features of ``n`` samples of ``model`` (eval mode, fixed noise from ``seed``; the global RNG is untouched)."""
+    """Features of ``n`` samples of ``model`` (eval mode, fixed noise from ``seed``; the global RNG is untouched).
+
+    Images go to the extractor as uint8, as real images do; points go as they are.
+    """
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=model.device).manual_seed(seed)
+
+    def batch(start: int, size: int) -> Tensor:
+        x = model.sample(size, generator=generator)
+        return to_uint8(x) if x.dim() == 4 else x
+
     try:
-        return extract(lambda start, size: to_uint8(model.sample(size, generator=generator)), n, extractor, batch_size)
+        return extract(batch, n, extractor, batch_size)
     finally:
         model.train(was_training)
 
@@ -138,10 +156,20 @@ class Evaluator:
         names = [p.name for p in self.protocols]
         if len(set(names)) != len(names):
             raise GentrainError(f"eval.metrics lists a metric twice ({names}); list each once")
-        if len(dataset.shape) != 3 or dataset.shape[0] not in (1, 3):
-            raise GentrainError(
-                f"eval.metrics={names} need 1- or 3-channel images, but dataset {dataset.name} has samples of shape {list(dataset.shape)}; use eval.metrics=[]"
-            )
+        images = len(dataset.shape) == 3 and dataset.shape[0] in (1, 3)
+        self.space = "inception" if images else "points"
+        for p in self.protocols:
+            if p.family.space != self.space:
+                kind = "1- or 3-channel images" if p.family.space == "inception" else "2-D Gaussian-mixture points (ring8, grid25)"
+                fitting = [f for f in FAMILIES.values() if f.space == self.space and (images or tuple(dataset.shape) == (2,))]
+                hint = f"metrics for it: {', '.join(f.name + '<count>' for f in fitting)}" if fitting else "no metric fits it"
+                raise GentrainError(f"{p.name} needs {kind}, but dataset {dataset.name} has samples of shape {list(dataset.shape)}; {hint}")
+        if self.space == "points":
+            from gentrain.metrics.modes import dataset_modes
+
+            modes, std = dataset_modes(dataset)  # one clear line for a toy set without modes
+            options = {**(options or {}), "modes": modes, "mode_std": std}
+            make_extractor = PointFeatures
         self.dataset = dataset
         self.split = split
         self.make_extractor = make_extractor

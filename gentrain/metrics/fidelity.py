@@ -6,6 +6,8 @@ The mathematics is torch-fidelity's (the reference implementations of the papers
 - KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel, averaged over subsets.
 - IS (Salimans et al. 2016): ``exp E_x KL(p(y|x) || p(y))`` on the 1008-way logits, over 10 splits.
 - Precision/recall (Kynkaanniemi et al. 2019): k-NN manifolds (k = 3) of real and generated features.
+- Modes (VEEGAN, PacGAN; 2-D Gaussian-mixture toy sets only): modes covered, and the share of
+  high-quality samples (within 3 std of a mode's centre), on the generated points themselves.
 
 A protocol name is ``<family><count>``: the family above and the number of generated samples
 (``fid10k`` = 10,000; ``fid500`` = 500). The reference side is the first ``count`` images of
@@ -67,6 +69,7 @@ class Family:
     needs_reference: bool
     needs_logits: bool
     compute: Callable[[Features, Features | None, dict[str, Any]], dict[str, float]]
+    space: str = "inception"  # what "features" are: Inception outputs of images, or the 2-D "points" themselves
 
 
 def _fid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
@@ -96,6 +99,17 @@ def _pr(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, 
     return {"_precision": out["precision"], "_recall": out["recall"], "_f1": out["f_score"]}
 
 
+def _modes(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
+    from gentrain.metrics.modes import mode_stats
+
+    stats = mode_stats(gen.pool, opts["modes"], opts["mode_std"])
+    opts["notes"] = [
+        f"{stats.modes_covered} of {stats.num_modes} modes hold at least {stats.min_count} high-quality samples "
+        "(within 3 std of their nearest mode's centre)"
+    ]
+    return {"": float(stats.modes_covered), "_hq": stats.high_quality}
+
+
 FAMILIES: dict[str, Family] = {}
 
 
@@ -109,6 +123,7 @@ register(Family("fid", ("",), False, True, False, _fid))
 register(Family("kid", ("", "_std"), False, True, False, _kid))
 register(Family("is", ("", "_std"), True, False, True, _is))
 register(Family("pr", ("_precision", "_recall", "_f1"), True, True, False, _pr))
+register(Family("modes", ("", "_hq"), True, False, False, _modes, space="points"))
 
 _PROTOCOL = re.compile(r"^(?P<family>[a-z]+?)(?P<count>\d+)(?P<k>k?)$")
 
@@ -192,8 +207,10 @@ def compute(protocol: Protocol, gen: Features, ref: Features | None, opts: dict[
         )
     if fam.name == "kid" and ref is not None and min(len(gen), len(ref)) < int(opts.get("kid_subset_size", 1000)):
         result.notes.append(f"KID subsets of {min(len(gen), len(ref))} samples (fewer than the usual {int(opts.get('kid_subset_size', 1000))})")
+    opts = dict(opts)  # a family may leave notes in its own copy
     values = fam.compute(gen, ref, opts)
     result.values = {protocol.name + suffix: float(v) for suffix, v in values.items()}
+    result.notes.extend(opts.get("notes", []))
     return result
 
 

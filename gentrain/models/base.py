@@ -8,10 +8,27 @@ pair is refused at start-up.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.data.base import DataSplit
 from gentrain.errors import GentrainError
+
+
+def interpolate_latents(z0: Tensor, z1: Tensor, steps: int, spherical: bool) -> Tensor:
+    """Paths from z0 [R, D] to z1 [R, D] in ``steps`` points: [R, steps, D].
+
+    Linear: ``(1 - t) z0 + t z1``. Spherical (slerp, Shoemake 1985; White 2016 for GAN latents):
+    ``sin((1 - t) w) / sin(w) z0 + sin(t w) / sin(w) z1`` with ``w`` the angle between z0 and z1, which
+    keeps the norm typical of a Gaussian latent instead of cutting through the low-norm interior.
+    """
+    t = torch.linspace(0, 1, steps, device=z0.device, dtype=z0.dtype).view(1, steps, 1)
+    a, b = z0.unsqueeze(1), z1.unsqueeze(1)
+    if not spherical:
+        return (1 - t) * a + t * b
+    cos = (F.normalize(z0, dim=1) * F.normalize(z1, dim=1)).sum(1).clamp(-1 + 1e-7, 1 - 1e-7).view(-1, 1, 1)
+    omega = torch.acos(cos)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
 class GenerativeModel(nn.Module):
@@ -32,6 +49,14 @@ class GenerativeModel(nn.Module):
     def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
         """About ``n`` samples for a picture and the images per row (None: square); conditional models give one row per class."""
         return self.sample(n, generator=generator), None
+
+    def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor | None:
+        """Samples along latent paths, [rows * steps, ...] row by row; None for models without a latent space."""
+        return None
+
+    def ema_target(self) -> str | None:
+        """The attribute name of the part whose weights an exponential moving average tracks (None: no such part)."""
+        return None
 
     def check_data(self, data: DataSplit, dataset: str) -> None:
         """Refuse training data the model cannot use (e.g. a conditional model on unlabelled data); nothing by default."""
@@ -62,6 +87,15 @@ class AdversarialModel(GenerativeModel):
 
     def param_groups(self) -> dict[str, nn.Module]:
         return {"G": self.generator, "D": self.discriminator}
+
+    def ema_target(self) -> str | None:
+        return "generator"
+
+    def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor:
+        z = interpolate_latents(self.noise(rows, generator=generator), self.noise(rows, generator=generator), steps, spherical)
+        y = self.random_labels(rows, generator)  # conditional models: one class per row
+        y = None if y is None else y.repeat_interleave(steps)
+        return self.generate(z.reshape(rows * steps, -1), y)
 
     def noise(self, n: int, device: torch.device | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Latent codes z ~ N(0, I), [n, z_dim]."""

@@ -12,6 +12,7 @@ from gentrain.build import build, build_model
 from gentrain.config import DeviceSettings, EvalSettings, typed
 from gentrain.data.base import Dataset
 from gentrain.engine.checkpoint import find_checkpoint, load_checkpoint
+from gentrain.engine.ema import load_ema_weights
 from gentrain.engine.device import check_precision, configure_backends, resolve_device
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import Evaluator, FeatureExtractor, ReferenceCache
@@ -63,8 +64,11 @@ def cfg_task_name(cfg: DictConfig) -> str:
     return {"evaluate": "eval"}.get(target.rsplit(".", 1)[-1], target.rsplit(".", 1)[-1])
 
 
-def load_trained(spec: str, device: torch.device) -> tuple[Path, dict[str, Any], GenerativeModel, Dataset]:
-    """Checkpoint path, its contents, its model (weights loaded, on ``device``) and its dataset, from the run config it stores."""
+def load_trained(spec: str, device: torch.device, use_ema: bool = True) -> tuple[Path, dict[str, Any], GenerativeModel, Dataset]:
+    """Checkpoint path, its contents, its model (weights loaded, on ``device``) and its dataset, from the run config it stores.
+
+    With ``use_ema`` and a checkpoint that holds a weight average (trainer.ema_decay), the model gets the averaged weights.
+    """
     path = find_checkpoint(spec)
     ckpt = load_checkpoint(path)
     config = ckpt.get("config")
@@ -75,6 +79,8 @@ def load_trained(spec: str, device: torch.device) -> tuple[Path, dict[str, Any],
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise GentrainError(f"{path}: the weights do not fit the model of its own config ({str(e).splitlines()[0]})") from None
+    if use_ema and ckpt.get("ema") is not None:
+        load_ema_weights(model, ckpt["ema"])
     model.eval()
     dataset = build(OmegaConf.create(config["dataset"]), "dataset")
     return path, ckpt, model, dataset

@@ -23,7 +23,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     if not es.metrics:
         raise GentrainError("task=eval needs metrics; e.g. eval=standard or eval.metrics=[fid10k]")
     device, _ = setup_device(cfg)
-    path, ckpt, model, dataset = load_trained(str(spec), device)
+    path, ckpt, model, dataset = load_trained(str(spec), device, use_ema=es.use_ema)
     evaluator = make_evaluator(es, dataset, device)
     t0 = time.perf_counter()
     results = evaluator(model)
@@ -31,6 +31,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     report = {
         "checkpoint": str(path),
         "step": ckpt["step"],
+        "weights": "ema" if es.use_ema and ckpt.get("ema") is not None else "trained",
         "choices": ckpt.get("choices", {}),
         "metrics": {k: v for r in results for k, v in r.values.items()},
         "evaluation": [r.as_dict() for r in results],

@@ -23,7 +23,7 @@ def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise GentrainError(f"n must be a positive integer, got {n!r}; e.g. n=64")
     device, _ = setup_device(cfg)
-    path, ckpt, model, dataset = load_trained(str(spec), device)
+    path, ckpt, model, dataset = load_trained(str(spec), device, use_ema=bool(OmegaConf.select(cfg, "eval.use_ema", default=True)))
     out_dir = Path(OmegaConf.select(cfg, "out", default=None) or path.parent).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = int(OmegaConf.select(cfg, "seed", default=0))

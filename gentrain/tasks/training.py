@@ -78,7 +78,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
         key, higher = best_key(es)
         schedule = EvalSchedule(make_evaluator(es, dataset, device), es.every, es.at_end, key, higher)
     choices = {g: choice(cfg, g) for g in GROUPS}
-    trainer = Trainer(model, objective, optimizers, stream, device, ds.precision, run_dir, ts, ls, resolved, console, schedule, choices)
+    trainer = Trainer(model, objective, optimizers, stream, device, ds.precision, run_dir, ts, ls, resolved, console, schedule, choices, es.use_ema)
     if resume is not None:
         trainer.load_state_dict(load_checkpoint(resume), str(resume))
         console.print(f"resuming from {resume} at step {trainer.step}", highlight=False)

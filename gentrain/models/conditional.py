@@ -1,0 +1,199 @@
+"""Class-conditional GANs: the generator draws ``x ~ G(z, y)`` for a requested class ``y``.
+
+``ConditionalGAN`` (``model=cgan``, Mirza & Osindero 2014): both networks see the label. It enters
+G as a learned embedding concatenated to ``z``; it enters D as a learned embedding concatenated to
+the input, broadcast over the image as extra channels (images) or appended to the vector (2-D toy
+sets). D then judges whether ``x`` is a real sample *of class y*.
+
+``ACGAN`` (``model=acgan``, Odena et al. 2017): G as in cgan; D does not see the label, it has two
+heads on a shared trunk, the real/fake logit and ``K`` class logits. The objectives add the
+auxiliary cross-entropy on real and fake samples (``objective.aux_weight``) whenever
+:meth:`~gentrain.models.base.AdversarialModel.discriminate` returns class logits.
+
+Like ``DCGAN``, images ([C, H, W]) use the DCGAN networks and vectors ([D]) the MLP networks.
+Sampling with labels, the one-row-per-class grid and the refusal of unlabelled data come from
+:class:`~gentrain.models.base.AdversarialModel` through ``num_classes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gentrain.errors import GentrainError
+from gentrain.models.base import AdversarialModel
+from gentrain.models.gan import (
+    _check_d_norm,
+    _check_shape,
+    dcgan_discriminator,
+    dcgan_generator,
+    dcgan_init_,
+    mlp_discriminator,
+    mlp_generator,
+    spectral_norm_,
+)
+
+
+class _ConditionalG(nn.Module):
+    """``(z [B, z_dim], y [B]) -> x [B, *shape]``: ``net`` applied to ``cat(z, embed(y))`` [B, z_dim + embed_dim]."""
+
+    def __init__(self, net: nn.Module, num_classes: int, embed_dim: int) -> None:
+        super().__init__()
+        # nn.Embedding's N(0, 1) initialisation puts the label code on the same scale as z ~ N(0, I)
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.net = net
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        return self.net(torch.cat([z, self.embed(y).to(z.dtype)], dim=1))
+
+
+class _ConditionalD(nn.Module):
+    """``(x [B, *shape], y [B]) -> logit [B, 1, ...]``: ``net`` applied to ``x`` with the label's embedding appended.
+
+    Images: the embedding [B, E] is broadcast to [B, E, H, W] and concatenated as extra channels, so
+    ``net`` takes C + E input channels. Vectors: concatenated to x, so ``net`` takes D + E features.
+    The embedding does not depend on x: the gradient w.r.t. x (WGAN-GP's penalty) is that of ``net``.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.net = net
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        e = self.embed(y).to(x.dtype)  # the same dtype as x under mixed precision, for the concatenation
+        if x.dim() == 4:
+            e = e[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+            return self.net(torch.cat([x, e], dim=1))
+        return self.net(torch.cat([x.flatten(1), e], dim=1))
+
+
+def _conditional_generator(
+    name: str, shape: tuple[int, ...], num_classes: int, z_dim: int, embed_dim: int, g_width: int, mlp_g_widths: Sequence[int]
+) -> _ConditionalG:
+    """G(z, y) for images (DCGAN, DCGAN initialisation) or vectors (MLP), input ``z_dim + embed_dim``."""
+    if len(shape) == 1:
+        return _ConditionalG(mlp_generator(z_dim + embed_dim, shape, list(mlp_g_widths)), num_classes, embed_dim)
+    _check_square(name, shape)
+    net = dcgan_generator(z_dim + embed_dim, shape, g_width)
+    dcgan_init_(net)
+    return _ConditionalG(net, num_classes, embed_dim)
+
+
+def _check_square(name: str, shape: tuple[int, ...]) -> None:
+    if shape[1] != shape[2]:
+        raise GentrainError(f"model={name} needs square images, got {shape[1]}x{shape[2]}; set dataset.size to one side")
+
+
+def _check_classes(name: str, num_classes: int | None, embed_dim: int) -> int:
+    if num_classes is None:
+        raise GentrainError(
+            f"model={name} needs a dataset with class labels, but model.num_classes is null (it follows dataset.num_classes, "
+            "null when the dataset has none); use a labelled dataset (e.g. dataset=digits) or an unconditional model (e.g. model=dcgan)"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise GentrainError(f"model.num_classes must be an integer >= 1, got {num_classes!r}; e.g. model.num_classes=10")
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+        raise GentrainError(f"model.embed_dim must be an integer >= 1, got {embed_dim!r}; e.g. model.embed_dim=50")
+    return num_classes
+
+
+class ConditionalGAN(AdversarialModel):
+    """Conditional GAN (Mirza & Osindero 2014): ``G(z, y) -> x``, ``D(x, y) -> logit``; ``model=cgan``.
+
+    G: ``cat(z [B, z_dim], embed_G(y) [B, embed_dim])`` into the DCGAN (images) or MLP (vectors)
+    generator. D: ``embed_D(y)`` [B, embed_dim] broadcast to [B, embed_dim, H, W] and concatenated to
+    the image, so the DCGAN discriminator takes C + embed_dim channels; for vectors, concatenated to
+    x before the MLP. Each embedding lives inside its network, so ``param_groups()`` stays {G, D}.
+
+    ``embed_dim`` (default 50, the size of the paper's label layer in D on MNIST): the width of
+    both label embeddings. The other keys are those of :class:`~gentrain.models.gan.DCGAN`.
+    """
+
+    config_name = "cgan"  # the configs/model option, for messages
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        num_classes: int | None = None,
+        z_dim: int = 100,
+        embed_dim: int = 50,
+        g_width: int = 64,
+        d_width: int = 64,
+        d_norm: str = "batch",
+        spectral_norm: bool = False,
+        mlp_g_widths: Sequence[int] = (128, 256, 512, 1024),
+        mlp_d_widths: Sequence[int] = (512, 256),
+    ) -> None:
+        shape = _check_shape(shape)
+        num_classes = _check_classes(self.config_name, num_classes, embed_dim)
+        _check_d_norm(d_norm)
+        generator = _conditional_generator(self.config_name, shape, num_classes, z_dim, embed_dim, g_width, mlp_g_widths)
+        discriminator = self._discriminator(shape, num_classes, embed_dim, d_width, d_norm, mlp_d_widths)
+        super().__init__(generator, spectral_norm_(discriminator) if spectral_norm else discriminator, z_dim)
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+
+    def _discriminator(
+        self, shape: tuple[int, ...], num_classes: int, embed_dim: int, d_width: int, d_norm: str, mlp_d_widths: Sequence[int]
+    ) -> nn.Module:
+        """D(x, y): the label's embedding as extra input channels (images) or features (vectors)."""
+        if len(shape) == 1:
+            net: nn.Module = mlp_discriminator((shape[0] + embed_dim,), list(mlp_d_widths))
+        else:
+            net = dcgan_discriminator((shape[0] + embed_dim, shape[1], shape[2]), d_width, d_norm)
+            dcgan_init_(net)
+        return _ConditionalD(net, num_classes, embed_dim)
+
+    def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x [B, *shape]`` of classes ``y [B]`` from ``z [B, z_dim]``."""
+        return self.generator(z, self._need_labels(y))
+
+    def discriminate(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(logit [B] that x is a real sample of class y, None)``."""
+        return self.discriminator(x, self._need_labels(y)).flatten(), None
+
+    def _need_labels(self, y: Tensor | None) -> Tensor:
+        if y is None:
+            raise GentrainError(f"model={self.config_name} is conditional: generate and discriminate need class labels y in [0, {self.num_classes})")
+        return y
+
+
+class _AuxiliaryD(nn.Module):
+    """``x [B, *shape] -> [B, 1 + K]``: a shared trunk whose last layer gives the real/fake logit and K class logits."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(1)
+
+
+class ACGAN(ConditionalGAN):
+    """Auxiliary-classifier GAN (Odena et al. 2017): ``G(z, y) -> x``, ``D(x) -> (logit, class logits)``; ``model=acgan``.
+
+    G is cgan's (``embed_dim`` sizes its label embedding). D is not given the label: its DCGAN
+    (images) or MLP (vectors) trunk ends in one layer of ``1 + K`` outputs, split into the
+    adversarial logit [B] and the class logits [B, K]; the objectives train both heads.
+    """
+
+    config_name = "acgan"
+
+    def _discriminator(
+        self, shape: tuple[int, ...], num_classes: int, embed_dim: int, d_width: int, d_norm: str, mlp_d_widths: Sequence[int]
+    ) -> nn.Module:
+        if len(shape) == 1:
+            net = mlp_discriminator(shape, list(mlp_d_widths))
+            net[-1] = nn.Linear(net[-1].in_features, 1 + num_classes)  # both heads on the shared trunk
+        else:
+            net = dcgan_discriminator(shape, d_width, d_norm, out_channels=1 + num_classes)
+            dcgan_init_(net)
+        return _AuxiliaryD(net)
+
+    def discriminate(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(logit [B], class logits [B, K])``; ``y`` is ignored: AC-GAN's D must infer the class."""
+        out = self.discriminator(x)
+        return out[:, 0], out[:, 1:]
