@@ -64,8 +64,9 @@ class EvalSettings:
     cache_dir: str = "~/.cache/gentrain"  # reference features are cached under <cache_dir>/reference
     kid_subsets: int = 100
     kid_subset_size: int = 1000
+    iwae_k: int = 100  # importance samples of the IWAE bound in nll<count> for VAEs
 
-    at_least_one: ClassVar[frozenset[str]] = frozenset({"batch_size", "kid_subsets", "kid_subset_size"})
+    at_least_one: ClassVar[frozenset[str]] = frozenset({"batch_size", "kid_subsets", "kid_subset_size", "iwae_k"})
 
 
 S = TypeVar("S")

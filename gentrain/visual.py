@@ -63,3 +63,26 @@ def sample_picture(x: Tensor, reference: Tensor | None = None, nrow: int | None 
 def save_png(image: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
+
+
+def heatmap(values: Tensor) -> Tensor:
+    """[H, W] values -> [3, H, W] viridis colours in [-1, 1] (model space, so it joins the other pictures); row 0 is the top."""
+    import matplotlib
+
+    v = values.detach().float().cpu()
+    v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12)
+    rgb = torch.from_numpy(matplotlib.colormaps["viridis"](v.numpy())[..., :3]).float()
+    return rgb.permute(2, 0, 1) * 2 - 1
+
+
+@torch.no_grad()
+def density_image(log_prob, points: Tensor, size: int = 160, margin: float = 0.1, batch: int = 4096) -> Tensor:
+    """The density ``exp(log_prob)`` of a 2-D model on the bounding box of ``points`` (plus margin): [3, size, size] in [-1, 1]."""
+    lo, hi = points.min(0).values, points.max(0).values
+    span = (hi - lo).clamp_min(1e-6)
+    lo, hi = lo - margin * span, hi + margin * span
+    xs = torch.linspace(float(lo[0]), float(hi[0]), size, device=points.device)
+    ys = torch.linspace(float(hi[1]), float(lo[1]), size, device=points.device)  # top row = largest y
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    log_p = torch.cat([log_prob(grid[i : i + batch]).float() for i in range(0, grid.shape[0], batch)])
+    return heatmap(log_p.exp().view(size, size))

@@ -15,7 +15,8 @@ from rich.console import Console
 
 from gentrain.build import CONFIG_DIR
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread: these networks are tiny, and a second thread costs more in overhead than it saves
+torch.set_num_threads(1)
 
 #: Tiny networks so a step takes milliseconds on a CPU.
 TINY = {

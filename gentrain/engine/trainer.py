@@ -26,7 +26,7 @@ from gentrain.config import LoggerSettings, TrainerSettings
 from gentrain.engine.checkpoint import FORMAT, VERSION, atomic_save, rng_state, set_rng_state
 from gentrain.engine.device import autocast
 from gentrain.engine.ema import EMA
-from gentrain.engine.loader import BatchStream
+from gentrain.engine.loader import BatchStream, to_model_space
 from gentrain.engine.loggers import ConsoleProgress, JsonlWriter, TensorBoardLogger
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import MetricResult
@@ -142,6 +142,8 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         # a fixed batch of real 2-D points for scatter plots (images need none)
         self.reference = stream.x[: logger.n_points].to(device) if stream.x.dim() == 2 else None
+        # a fixed batch of real data for the model's own pictures (reconstructions, density plots)
+        self.picture_batch = to_model_space(stream.x[: logger.n_points if self.reference is not None else logger.n_samples].to(device))
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -312,6 +314,7 @@ class Trainer:
         with self._sampling_weights():
             x, nrow = self.model.sample_grid(n, generator=generator)
             interpolations = self._interpolations(generator)
+            extra = self.model.pictures(self.picture_batch, generator)
         self.model.train(was_training)
         picture = sample_picture(x.float(), self.reference, nrow)
         if picture is None:
@@ -321,11 +324,12 @@ class Trainer:
         self.sample_path = path
         if self.tb is not None:
             self.tb.image("samples", picture, self.step)
-        for kind, grid in interpolations.items():
-            image = image_grid(grid.float(), self.log_settings.interp_steps)
-            save_png(image, self.run_dir / "samples" / f"interp_{kind}_step_{self.step:06d}.png")
+        named = {f"interp_{kind}": (grid, self.log_settings.interp_steps) for kind, grid in interpolations.items()} | extra
+        for name, (images, nrow) in named.items():
+            image = image_grid(images.float(), nrow, min_side=256 if images.shape[0] == 1 else 32)
+            save_png(image, self.run_dir / "samples" / f"{name}_step_{self.step:06d}.png")
             if self.tb is not None:
-                self.tb.image(f"interpolation/{kind}", image, self.step)
+                self.tb.image(f"pictures/{name}", image, self.step)
 
     def _interpolations(self, generator: torch.Generator) -> dict[str, Tensor]:
         """Linear and spherical latent interpolation grids (images only: a path of 2-D points is no picture)."""

@@ -159,12 +159,12 @@ class Evaluator:
         images = len(dataset.shape) == 3 and dataset.shape[0] in (1, 3)
         self.space = "inception" if images else "points"
         for p in self.protocols:
-            if p.family.space != self.space:
+            if p.family.space not in (self.space, "likelihood"):
                 kind = "1- or 3-channel images" if p.family.space == "inception" else "2-D Gaussian-mixture points (ring8, grid25)"
                 fitting = [f for f in FAMILIES.values() if f.space == self.space and (images or tuple(dataset.shape) == (2,))]
                 hint = f"metrics for it: {', '.join(f.name + '<count>' for f in fitting)}" if fitting else "no metric fits it"
                 raise GentrainError(f"{p.name} needs {kind}, but dataset {dataset.name} has samples of shape {list(dataset.shape)}; {hint}")
-        if self.space == "points":
+        if self.space == "points" and any(p.family.space == "points" for p in self.protocols):
             from gentrain.metrics.modes import dataset_modes
 
             modes, std = dataset_modes(dataset)  # one clear line for a toy set without modes
@@ -182,10 +182,6 @@ class Evaluator:
         self._reference: Features | None = None
         self.reference_from_cache: bool | None = None
 
-    @property
-    def n_generated(self) -> int:
-        return max((p.n for p in self.protocols), default=0)
-
     def reference(self) -> Features:
         if self._reference is None:
             assert self.extractor is not None
@@ -196,20 +192,57 @@ class Evaluator:
             )
         return self._reference
 
+    def check_model(self, model: GenerativeModel) -> None:
+        """Refuse, at start-up, likelihood metrics for a model that has no likelihood."""
+        for p in self.protocols:
+            if p.family.space == "likelihood" and not hasattr(model, "log_likelihood"):
+                raise GentrainError(f"{p.name} needs a likelihood model (vae, conv_vae, realnvp, glow, pixelcnn, made); {type(model).__name__} has none")
+
     def __call__(self, model: GenerativeModel) -> list[MetricResult]:
-        if self.extractor is None:
-            self.extractor = self.make_extractor()
-        needs_reference = any(p.family.needs_reference for p in self.protocols)
-        ref = self.reference() if needs_reference else None
-        gen = generated_features(model, self.n_generated, self.extractor, self.batch_size, self.seed)
+        self.check_model(model)
+        sampled = [p for p in self.protocols if p.family.space != "likelihood"]
+        gen = ref = None
+        if sampled:
+            if self.extractor is None:
+                self.extractor = self.make_extractor()
+            ref = self.reference() if any(p.family.needs_reference for p in sampled) else None
+            gen = generated_features(model, max(p.n for p in sampled), self.extractor, self.batch_size, self.seed)
         results = []
         for protocol in self.protocols:
-            result = compute(protocol, gen, ref, self.options)
-            result.extractor = self.extractor.identity
-            if protocol.family.needs_reference:
+            if protocol.family.space == "likelihood":
+                result = compute(protocol, self.test_log_likelihoods(model, protocol.n), None, self.options)
+                result.extractor = "log-likelihood"
+                kind = getattr(model, "likelihood_kind", "exact")
+                result.notes.append(f"{kind}, k={self.options.get('iwae_k', 1)}" if kind == "IWAE bound" else kind)
+            else:
+                assert gen is not None and self.extractor is not None
+                result = compute(protocol, gen, ref, self.options)
+                result.extractor = self.extractor.identity
+            if protocol.family.needs_reference or protocol.family.space == "likelihood":
                 result.reference_split = f"{self.dataset.name}/{self.split}"
             results.append(result)
         return results
+
+    @torch.no_grad()
+    def test_log_likelihoods(self, model: GenerativeModel, n: int) -> Features:
+        """log p(x) [N, 1] of the first ``n`` examples of the split, in batches; the global RNG is left as it was."""
+        from gentrain.engine.loader import to_model_space
+
+        x = self.dataset.load(self.split).x[:n]
+        self.options.setdefault("dims", int(x[0].numel()))
+        was_training = model.training
+        model.eval()
+        devices = [model.device] if model.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):  # dequantisation and IWAE noise: seeded, and invisible to training
+                torch.manual_seed(self.seed)
+                out = [
+                    model.log_likelihood(to_model_space(x[i : i + self.batch_size].to(model.device)), k=int(self.options.get("iwae_k", 1))).float().cpu()
+                    for i in range(0, x.shape[0], self.batch_size)
+                ]
+        finally:
+            model.train(was_training)
+        return Features(torch.cat(out)[:, None])
 
 
 def flat_values(results: list[MetricResult]) -> dict[str, float]:

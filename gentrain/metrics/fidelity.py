@@ -6,6 +6,8 @@ The mathematics is torch-fidelity's (the reference implementations of the papers
 - KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel, averaged over subsets.
 - IS (Salimans et al. 2016): ``exp E_x KL(p(y|x) || p(y))`` on the 1008-way logits, over 10 splits.
 - Precision/recall (Kynkaanniemi et al. 2019): k-NN manifolds (k = 3) of real and generated features.
+- NLL (likelihood models): the mean negative log-likelihood of the first ``count`` test examples,
+  in nats per example and bits per dimension; exact, dequantized or the IWAE bound, as the model says.
 - Modes (VEEGAN, PacGAN; 2-D Gaussian-mixture toy sets only): modes covered, and the share of
   high-quality samples (within 3 std of a mode's centre), on the generated points themselves.
 
@@ -16,6 +18,7 @@ the reference split (fewer when the split is smaller; every result says how many
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,6 +113,12 @@ def _modes(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[st
     return {"": float(stats.modes_covered), "_hq": stats.high_quality}
 
 
+def _nll(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
+    log_p = gen.pool[:, 0].double()  # per-example log-likelihoods, carried as one-column "features"
+    nll = float(-log_p.mean())
+    return {"": nll, "_bpd": nll / (opts["dims"] * math.log(2.0))}
+
+
 FAMILIES: dict[str, Family] = {}
 
 
@@ -124,6 +133,7 @@ register(Family("kid", ("", "_std"), False, True, False, _kid))
 register(Family("is", ("", "_std"), True, False, True, _is))
 register(Family("pr", ("_precision", "_recall", "_f1"), True, True, False, _pr))
 register(Family("modes", ("", "_hq"), True, False, False, _modes, space="points"))
+register(Family("nll", ("", "_bpd"), False, False, False, _nll, space="likelihood"))
 
 _PROTOCOL = re.compile(r"^(?P<family>[a-z]+?)(?P<count>\d+)(?P<k>k?)$")
 
@@ -161,7 +171,7 @@ class MetricResult:
 
     name: str
     values: dict[str, float] = field(default_factory=dict)
-    n_generated: int = 0
+    n_generated: int | None = 0  # None: no samples drawn (likelihoods of test data)
     n_reference: int | None = None
     reference_split: str | None = None
     extractor: str = ""
@@ -185,6 +195,8 @@ def compute(protocol: Protocol, gen: Features, ref: Features | None, opts: dict[
     """Apply ``protocol`` to generated and reference features (the first ``protocol.n`` of each are used)."""
     fam = protocol.family
     result = MetricResult(protocol.name, n_generated=min(len(gen), protocol.n))
+    if fam.space == "likelihood":  # ``gen`` holds log-likelihoods of test examples, not samples
+        result.n_generated, result.n_reference = None, min(len(gen), protocol.n)
     gen = Features(gen.pool[: protocol.n], None if gen.logits is None else gen.logits[: protocol.n])
     if fam.needs_logits and gen.logits is None:
         result.available = False

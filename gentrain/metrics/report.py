@@ -105,11 +105,12 @@ def evaluation_markdown(evaluation: list[dict[str, Any]]) -> list[str]:
     for r in evaluation:
         ref = f"{r['n_reference']} ({r['reference_split']})" if r["n_reference"] is not None else "-"
         notes = "; ".join(r["notes"]) or ""
+        generated = "-" if r["n_generated"] is None else r["n_generated"]
         if not r["available"]:
-            lines.append(f"| {r['name']} | n/a | {r['n_generated']} | {ref} | {notes} |")
+            lines.append(f"| {r['name']} | n/a | {generated} | {ref} | {notes} |")
             continue
         for key, value in r["values"].items():
-            lines.append(f"| {key} | {_fmt(value)} | {r['n_generated']} | {ref} | {notes} |")
+            lines.append(f"| {key} | {_fmt(value)} | {generated} | {ref} | {notes} |")
             notes = ""  # once per protocol
     return lines
 
@@ -124,7 +125,7 @@ def evaluation_table(evaluation: list[dict[str, Any]]) -> Any:
         ref = f"{r['n_reference']} ({r['reference_split']})" if r["n_reference"] is not None else "-"
         values = r["values"] or {r["name"]: "n/a"}
         for i, (key, value) in enumerate(values.items()):
-            table.add_row(key, _fmt(value), str(r["n_generated"]), ref, "; ".join(r["notes"]) if i == 0 else "")
+            table.add_row(key, _fmt(value), "-" if r["n_generated"] is None else str(r["n_generated"]), ref, "; ".join(r["notes"]) if i == 0 else "")
     return table
 
 

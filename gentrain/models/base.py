@@ -54,6 +54,13 @@ class GenerativeModel(nn.Module):
         """Samples along latent paths, [rows * steps, ...] row by row; None for models without a latent space."""
         return None
 
+    def pictures(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, tuple[Tensor, int]]:
+        """Extra pictures for TensorBoard and samples/: name -> (images [N, C, H, W] in [-1, 1], images per row).
+
+        ``x`` is a fixed batch of real data in model space (for reconstructions, density plots ...). None by default.
+        """
+        return {}
+
     def ema_target(self) -> str | None:
         """The attribute name of the part whose weights an exponential moving average tracks (None: no such part)."""
         return None

@@ -36,7 +36,7 @@ def inception_extractor(es: EvalSettings, device: torch.device) -> FeatureExtrac
 
 
 def make_evaluator(es: EvalSettings, dataset: Dataset, device: torch.device) -> Evaluator:
-    options = {"kid_subsets": es.kid_subsets, "kid_subset_size": es.kid_subset_size}
+    options = {"kid_subsets": es.kid_subsets, "kid_subset_size": es.kid_subset_size, "iwae_k": es.iwae_k}
     return Evaluator(
         es.metrics, dataset, es.split, lambda: inception_extractor(es, device), ReferenceCache(Path(es.cache_dir)), device,
         batch_size=es.batch_size, seed=es.seed, options=options,

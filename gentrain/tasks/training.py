@@ -70,13 +70,16 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     dataset = build(cfg.dataset, "dataset")
     train_split = dataset.load("train")
     model = build_model(cfg).to(device)
+    model.check_data(train_split, choice(cfg, "dataset"))
     objective = build_objective(cfg, model)
     optimizers = build_optimizers(cfg, model, objective)
     stream = BatchStream(train_split, ts.batch_size, device, ts.seed, ds.data_on_device)
     schedule = None
     if es.metrics:
         key, higher = best_key(es)
-        schedule = EvalSchedule(make_evaluator(es, dataset, device), es.every, es.at_end, key, higher)
+        evaluator = make_evaluator(es, dataset, device)
+        evaluator.check_model(model)
+        schedule = EvalSchedule(evaluator, es.every, es.at_end, key, higher)
     choices = {g: choice(cfg, g) for g in GROUPS}
     trainer = Trainer(model, objective, optimizers, stream, device, ds.precision, run_dir, ts, ls, resolved, console, schedule, choices, es.use_ema)
     if resume is not None:
