@@ -23,6 +23,7 @@ TINY = {
     "dcgan": ["model.g_width=8", "model.d_width=8", "model.z_dim=8", "model.mlp_g_widths=[16,16]", "model.mlp_d_widths=[16]"],
     "gan_mlp": ["model.g_widths=[16,32]", "model.d_widths=[32,16]", "model.z_dim=8"],
 }
+TINY["cgan"] = TINY["acgan"] = [*TINY["dcgan"], "model.embed_dim=4"]
 SMALL_DATA = {
     "digits": [],
     "ring8": ["dataset.n_train=512", "dataset.n_test=128"],

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import conftest
 from conftest import tiny_overrides
 from gentrain.errors import GentrainError
 from gentrain.models.conditional import ACGAN, ConditionalGAN
@@ -18,22 +17,6 @@ from gentrain.objectives.base import Batch
 MODELS = [ConditionalGAN, ACGAN]
 OBJECTIVES = ["minimax", "non_saturating", "hinge", "wasserstein", "wasserstein_gp"]
 TINY_WIDTHS = dict(z_dim=8, embed_dim=4, g_width=8, d_width=8, mlp_g_widths=(16, 16), mlp_d_widths=(16,))
-
-
-@pytest.fixture(autouse=True)
-def tiny_conditional(monkeypatch):
-    """Tiny networks for ``tiny_overrides("cgan" | "acgan", ...)``, as conftest.TINY has for the unconditional models.
-
-    One intra-op thread while a test runs: networks this small only pay for the threads' synchronisation
-    (several times slower with 2 threads on a busy 2-core machine).
-    """
-    tiny = ["model.g_width=8", "model.d_width=8", "model.z_dim=8", "model.embed_dim=4", "model.mlp_g_widths=[16,16]", "model.mlp_d_widths=[16]"]
-    monkeypatch.setitem(conftest.TINY, "cgan", tiny)
-    monkeypatch.setitem(conftest.TINY, "acgan", tiny)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(cls: type[ConditionalGAN], shape: tuple[int, ...], num_classes: int = 10, seed: int = 0) -> ConditionalGAN:
