@@ -61,8 +61,9 @@ class EvalSchedule:
 class TrainResult:
     start_step: int
     step: int
-    train_time_s: float  # time spent in the loop, over all sessions of this run (resumes included)
-    session_time_s: float  # this session only
+    train_time_s: float  # time spent training (evaluation excluded), over all sessions of this run (resumes included)
+    session_time_s: float  # wall time of this session's loop, evaluation and pictures included
+    session_train_s: float  # training time of this session alone (the steps/s denominator)
     final: dict[str, float] = field(default_factory=dict)  # last logged interval means
     sample_path: Path | None = None
     evaluation: list[MetricResult] = field(default_factory=list)  # the last evaluation's results
@@ -232,7 +233,9 @@ class Trainer:
             self.tb.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
         progress = ConsoleProgress(self.console, s.max_steps, start_step, ls.progress)
         session_start = time.perf_counter()
+        train_time_before = self.train_time_s
         self._mark = (time.perf_counter(), self.step)
+        self._paused = 0.0
         self.model.train()
         try:
             while self.step < s.max_steps:
@@ -247,11 +250,13 @@ class Trainer:
                 last = self.step == s.max_steps
                 if self.step % ls.every == 0 or last:
                     self._log(progress)
+                t_pause = time.perf_counter()
                 if self.step % ls.samples_every == 0 or last:
                     self._samples()
                 ev = self.evaluation
                 if ev is not None and ((ev.every and self.step % ev.every == 0) or (last and ev.at_end)):
                     self._evaluate(ev)
+                self._paused += time.perf_counter() - t_pause
                 if (s.ckpt_every and self.step % s.ckpt_every == 0) or last:
                     self._checkpoint()
         except KeyboardInterrupt:
@@ -265,7 +270,8 @@ class Trainer:
                 self.tb.flush()
         session = time.perf_counter() - session_start
         return TrainResult(
-            start_step, self.step, self.train_time_s, session, dict(self.final), self.sample_path, self.eval_results, self.eval_step, self.best
+            start_step, self.step, self.train_time_s, session, self.train_time_s - train_time_before, dict(self.final), self.sample_path,
+            self.eval_results, self.eval_step, self.best,
         )
 
     def _set_trainable_all(self) -> None:
@@ -278,7 +284,8 @@ class Trainer:
             return
         now = time.perf_counter()
         t0, step0 = self._mark
-        elapsed = now - t0
+        elapsed = now - t0 - self._paused  # pictures and evaluation are not training
+        self._paused = 0.0
         self.train_time_s += elapsed
         self._mark = (now, self.step)
         steps_per_s = (self.step - step0) / elapsed if elapsed > 0 else float("nan")
@@ -347,12 +354,10 @@ class Trainer:
 
     def _evaluate(self, ev: EvalSchedule) -> None:
         """Evaluate (its time is not training time), log ``eval/*``, and keep ``best.pt`` by the chosen key."""
-        self._log()  # close the training interval first, so steps/s excludes evaluation
         t0 = time.perf_counter()
         with self._sampling_weights():
             results = ev.evaluate(self.model)
         elapsed = time.perf_counter() - t0
-        self._mark = (time.perf_counter(), self.step)
         values = {k: v for r in results for k, v in r.values.items()}
         self.eval_results, self.eval_step = results, self.step
         if self.tb is not None:

@@ -213,7 +213,7 @@ class Evaluator:
                 result = compute(protocol, self.test_log_likelihoods(model, protocol.n), None, self.options)
                 result.extractor = "log-likelihood"
                 kind = getattr(model, "likelihood_kind", "exact")
-                result.notes.append(f"{kind}, k={self.options.get('iwae_k', 1)}" if kind == "IWAE bound" else kind)
+                result.notes.append(f"{kind}, k={self.options.get('iwae_k', 1)}" if kind.startswith("IWAE") else kind)
             else:
                 assert gen is not None and self.extractor is not None
                 result = compute(protocol, gen, ref, self.options)

@@ -59,6 +59,7 @@ class LatentVariableModel(LikelihoodModel):
             raise GentrainError(f"model.decoder_std must be > 0, got {decoder_std}; e.g. model.decoder_std=0.1")
         self.z_dim = int(z_dim)
         self.decoder_kind = decoder
+        self.likelihood_kind = "IWAE bound" + (" of the binarised pixels" if decoder == "bernoulli" else "")
         dims = math.prod(self.shape)
         # learned: one log-std per data dimension, initialised at decoder_std
         self.log_std = nn.Parameter(torch.full((dims,), math.log(decoder_std)), requires_grad=learn_std)

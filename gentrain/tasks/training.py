@@ -131,7 +131,8 @@ def make_report(
     n_params: dict[str, int],
 ) -> dict[str, Any]:
     session_steps = result.step - result.start_step
-    steps_per_s = session_steps / result.session_time_s if result.session_time_s > 0 and session_steps else float("nan")
+    # training time only: evaluation and pictures are not steps
+    steps_per_s = session_steps / result.session_train_s if result.session_train_s > 0 and session_steps else float("nan")
     return {
         "command": command_line(),
         "run": {
