@@ -21,6 +21,8 @@ from test_metrics import TinyExtractor
 def test_ema_update_is_the_moving_average():
     model = GanMLP(shape=(2,), z_dim=4, g_widths=(8,), d_widths=(8,))
     ema = EMA(model, decay=0.9)
+    assert ema.module is None and ema.state_dict() is None
+    ema.update()  # the first update takes the copy
     before = [p.detach().clone() for p in model.generator.parameters()]
     with torch.no_grad():
         for p in model.generator.parameters():
@@ -35,6 +37,9 @@ def test_ema_applied_swaps_the_generator_for_the_block():
     model = GanMLP(shape=(2,), z_dim=4, g_widths=(8,), d_widths=(8,))
     ema = EMA(model, decay=0.5)
     live = model.generator
+    with ema.applied(model):  # nothing averaged yet: the live weights
+        assert model.generator is live
+    ema.update()
     with ema.applied(model):
         assert model.generator is ema.module
     assert model.generator is live

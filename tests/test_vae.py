@@ -124,7 +124,7 @@ def test_iwae_evaluation_is_reported_in_nats_and_bits(train_run):
     run_dir, report = train_run(overrides("vae", "digits", extra=["eval.metrics=[nll100]", "eval.iwae_k=8", "eval.batch_size=50"]))
     (result,) = report["evaluation"]
     assert result["n_reference"] == 100 and result["reference_split"] == "digits/test" and result["n_generated"] is None
-    assert "IWAE bound, k=8" in result["notes"][0]
+    assert "IWAE bound of the binarised pixels, k=8" in result["notes"][0]
     nll, bpd = result["values"]["nll100"], result["values"]["nll100_bpd"]
     assert nll > 0 and bpd == pytest.approx(nll / (64 * math.log(2)))
     assert "| nll100 |" in (run_dir / "report.md").read_text()

@@ -28,11 +28,19 @@ class EMA:
             raise GentrainError(f"{type(model).__name__} has no part to average; set trainer.ema_decay=null")
         self.name = name
         self.decay = decay
-        self.module: nn.Module = copy.deepcopy(getattr(model, name)).requires_grad_(False).eval()
-        self._source = getattr(model, name)
+        self._source: nn.Module = getattr(model, name)
+        # the copy is taken at the first update, after the first optimizer step: layers with a
+        # data-dependent initialisation (Glow's actnorm) are initialised by then
+        self.module: nn.Module | None = None
+
+    def _copy(self) -> nn.Module:
+        return copy.deepcopy(self._source).requires_grad_(False).eval()
 
     @torch.no_grad()
     def update(self) -> None:
+        if self.module is None:
+            self.module = self._copy()
+            return
         ema_params = list(self.module.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in self._source.parameters()], 1.0 - self.decay)
         for b_ema, b in zip(self.module.buffers(), self._source.buffers()):
@@ -40,7 +48,10 @@ class EMA:
 
     @contextlib.contextmanager
     def applied(self, model: GenerativeModel) -> Iterator[None]:
-        """Within the block, ``model.<part>`` is the averaged copy."""
+        """Within the block, ``model.<part>`` is the averaged copy (the live weights before the first update)."""
+        if self.module is None:
+            yield
+            return
         live = getattr(model, self.name)
         setattr(model, self.name, self.module)
         try:
@@ -48,10 +59,14 @@ class EMA:
         finally:
             setattr(model, self.name, live)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "decay": self.decay, "weights": self.module.state_dict()}
+    def state_dict(self) -> dict[str, Any] | None:
+        return None if self.module is None else {"name": self.name, "decay": self.decay, "weights": self.module.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            self.module = None
+            return
+        self.module = self._copy()
         self.module.load_state_dict(state["weights"])
 
 

@@ -185,9 +185,9 @@ class Trainer:
         self.train_time_s = float(ckpt.get("train_time_s", 0.0))
         self.best = ckpt.get("best")
         if self.ema is not None:
-            if ckpt.get("ema") is None:
+            if ckpt.get("ema") is None and self.step > 0:
                 raise GentrainError(f"checkpoint {source} has no weight average; resume without trainer.ema_decay or from a run that had it")
-            self.ema.load_state_dict(ckpt["ema"])
+            self.ema.load_state_dict(ckpt.get("ema"))
 
     def save(self) -> Path:
         path = self.run_dir / "checkpoints" / "last.pt"
