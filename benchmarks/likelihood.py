@@ -59,7 +59,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="outputs/benchmarks/likelihood")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="MODEL:KEY=VALUE",
+                        help="per-model overrides, e.g. realnvp:model.hidden=32 (listed in the results file)")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    per_model: dict[str, list[str]] = {}
+    for item in args.set:
+        name, _, override = item.partition(":")
+        per_model.setdefault(name, []).append(override)
     device = resolve_device(args.device)
     console = Console()
     rows = []
@@ -69,7 +78,7 @@ def main() -> None:
         overrides = [
             f"model={name}", f"dataset={args.dataset}", f"objective={objective}", f"device={device.type}", f"seed={args.seed}",
             f"trainer.max_steps={args.steps}", f"trainer.batch_size={args.batch_size}", "logger.progress=false",
-            f"logger.samples_every={args.steps}", f"eval.metrics=[{metric}]", f"eval.iwae_k={args.iwae_k}", *extra,
+            f"logger.samples_every={args.steps}", f"eval.metrics=[{metric}]", f"eval.iwae_k={args.iwae_k}", *extra, *per_model.get(name, []),
         ]
         run_dir = Path(args.runs) / args.dataset / name
         t0 = time.perf_counter()
@@ -89,6 +98,7 @@ def main() -> None:
                 "train_bpd_last": report["final"].get("train/main/bits_per_dim"),
                 "total_s": round(time.perf_counter() - t0, 1),
                 "samples": report["samples"],
+                "overrides": " ".join(per_model.get(name, [])) or "defaults",
             }
         )
     out = Path(args.out or Path(__file__).parent / "results" / f"likelihood_{args.dataset}.md")
@@ -99,14 +109,15 @@ def main() -> None:
         f"Device: {device.type} ({device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}.",
         f"Each model: {args.steps} steps of batch {args.batch_size}, seed {args.seed}, default architecture of its config;"
         f" test NLL on the first {args.n_test} test examples (fewer where the split is smaller: see n_test).",
-        f"Command: `python benchmarks/likelihood.py --dataset {args.dataset} --steps {args.steps} --device {args.device} --n-test {args.n_test} --iwae-k {args.iwae_k}`",
+        f"Command: `python benchmarks/likelihood.py --dataset {args.dataset} --steps {args.steps} --device {args.device} --n-test {args.n_test} --iwae-k {args.iwae_k}"
+        + (f" --set {' '.join(args.set)}" if args.set else "") + "`",
         "",
-        "| model | objective | steps | train s | steps/s | test NLL (nats) | test bits/dim | n_test | what the number is |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | objective | architecture | steps | train s | steps/s | train bits/dim (last 50 steps) | test NLL (nats) | test bits/dim | n_test | what the number is |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['objective']} | {r['steps']} | {r['train_s']:.0f} | {r['steps_per_s']:.1f} | {r['test_nll_nats']:.2f} | "
+            f"| {r['model']} | {r['objective']} | {r['overrides']} | {r['steps']} | {r['train_s']:.0f} | {r['steps_per_s']:.1f} | {r['train_bpd_last']:.3f} | {r['test_nll_nats']:.2f} | "
             f"{r['test_bpd']:.3f} | {r['n_test']} | {r['likelihood']} |"
         )
     out.write_text("\n".join(lines) + "\n")
