@@ -16,13 +16,9 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from rich.console import Console
 
-from gentrain.build import CONFIG_DIR
+from gentrain.build import compose
 from gentrain.engine.device import device_name, resolve_device
 from gentrain.tasks import train
 
@@ -35,16 +31,6 @@ MODELS = {
     "pixelcnn": ("ar_nll", []),
     "made": ("ar_nll", []),
 }
-
-
-def config(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def main() -> None:
@@ -82,7 +68,7 @@ def main() -> None:
         ]
         run_dir = Path(args.runs) / args.dataset / name
         t0 = time.perf_counter()
-        report = train(config(overrides), run_dir=run_dir, console=console)
+        report = train(compose(overrides), run_dir=run_dir, console=console)
         (result,) = report["evaluation"]
         rows.append(
             {

@@ -26,10 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 from rich.console import Console
 
 import gentrain.build
@@ -53,17 +49,6 @@ OBJECTIVES: dict[str, list[str]] = {
     ],
 }
 DATASETS = ("ring8", "grid25")
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config the CLI would compose for ``overrides``, with HydraConfig set (group choices known), hydra key removed."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(gentrain.build.CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # train() records the chosen model/dataset/objective from it
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 @dataclass
@@ -101,7 +86,7 @@ def run_one(dataset: str, objective: str, seed: int, args: argparse.Namespace, c
         f"logger.samples_every={max(1, args.steps // 4)}",  # a few scatter plots show the trajectory
         *args.extra,
     ]
-    cfg = compose_config(overrides)
+    cfg = gentrain.build.compose(overrides)
     report = train(cfg, run_dir=run_dir, console=console)
 
     device = resolve_device(args.device)

@@ -21,6 +21,26 @@ from gentrain.objectives.base import Objective
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def compose(overrides: list[str]) -> DictConfig:
+    """The config the ``gentrain`` CLI would compose for ``overrides``, for scripts and tests.
+
+    HydraConfig is set (so group choices such as ``model=dcgan`` are known) and the ``hydra`` key removed.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

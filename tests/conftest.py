@@ -7,13 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from rich.console import Console
 
-from gentrain.build import CONFIG_DIR
+from gentrain.build import compose
 
 # one thread: these networks are tiny, and a second thread costs more in overhead than it saves
 torch.set_num_threads(1)
@@ -35,13 +32,7 @@ SMALL_DATA = {
 
 def make_config(overrides: list[str]) -> DictConfig:
     """The config the CLI would compose for ``overrides`` (HydraConfig set, so group choices are known)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose(overrides)
 
 
 def tiny_overrides(model: str, dataset: str, objective: str = "non_saturating", steps: int = 3) -> list[str]:

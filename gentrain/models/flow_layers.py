@@ -155,19 +155,16 @@ class CheckerboardCoupling(FlowLayer):
         return (y - t) * torch.exp(-s)
 
 
-class ChannelCoupling(FlowLayer):
-    """RealNVP affine coupling with a channel mask (Dinh et al. 2017, sec. 3.4) on ``[B, C, H, W]``, C even.
+class HalfCoupling(FlowLayer):
+    """Affine coupling on a split along axis 1: one half conditions a scale and shift of the other.
 
-    One half of the channels conditions a scale and shift of the other; ``flip`` swaps the halves'
-    roles, so that consecutive couplings transform each half in turn.
+    ``flip`` swaps the halves' roles, so that consecutive couplings transform each half in turn.
+    Subclasses set ``net`` (half -> 2 * half along axis 1) and ``scale`` (the bound of the log-scale).
     """
 
-    def __init__(self, channels: int, hidden: int, blocks: int, flip: bool) -> None:
-        super().__init__()
-        half = channels // 2
-        self.flip = flip
-        self.net = ResNetCouplingNet(half, 2 * half, hidden, blocks)
-        self.scale = nn.Parameter(torch.ones(1, half, 1, 1))
+    flip: bool
+    net: nn.Module
+    scale: nn.Parameter
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         a, b = x.chunk(2, dim=1)
@@ -176,20 +173,33 @@ class ChannelCoupling(FlowLayer):
     def _join(self, cond: Tensor, other: Tensor) -> Tensor:
         return torch.cat((other, cond) if self.flip else (cond, other), dim=1)
 
+    def _st(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        raw, t = self.net(cond).chunk(2, dim=1)
+        return _bounded_log_scale(raw, self.scale), t
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         cond, other = self._split(x)
-        raw, t = self.net(cond).chunk(2, dim=1)
-        s = _bounded_log_scale(raw, self.scale)
+        s, t = self._st(cond)
         return self._join(cond, other * torch.exp(s) + t), sum_except_batch(s)
 
     def inverse(self, y: Tensor) -> Tensor:
         cond, other = self._split(y)
-        raw, t = self.net(cond).chunk(2, dim=1)
-        s = _bounded_log_scale(raw, self.scale)
+        s, t = self._st(cond)
         return self._join(cond, (other - t) * torch.exp(-s))
 
 
-class VectorCoupling(FlowLayer):
+class ChannelCoupling(HalfCoupling):
+    """RealNVP affine coupling with a channel mask (Dinh et al. 2017, sec. 3.4) on ``[B, C, H, W]``, C even."""
+
+    def __init__(self, channels: int, hidden: int, blocks: int, flip: bool) -> None:
+        super().__init__()
+        half = channels // 2
+        self.flip = flip
+        self.net = ResNetCouplingNet(half, 2 * half, hidden, blocks)
+        self.scale = nn.Parameter(torch.ones(1, half, 1, 1))
+
+
+class VectorCoupling(HalfCoupling):
     """Affine coupling on vectors ``[B, D]`` (D even): an MLP of one half gives the scale and shift of the other.
 
     RealNVP's coupling with alternating masks (``flip`` picks the half that is transformed); Glow's 1-D
@@ -211,25 +221,6 @@ class VectorCoupling(FlowLayer):
         nn.init.zeros_(out.bias)
         self.net = nn.Sequential(*mods, out)
         self.scale = nn.Parameter(torch.ones(1, half))
-
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        a, b = x.chunk(2, dim=1)
-        return (b, a) if self.flip else (a, b)
-
-    def _join(self, cond: Tensor, other: Tensor) -> Tensor:
-        return torch.cat((other, cond) if self.flip else (cond, other), dim=1)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        cond, other = self._split(x)
-        raw, t = self.net(cond).chunk(2, dim=1)
-        s = _bounded_log_scale(raw, self.scale)
-        return self._join(cond, other * torch.exp(s) + t), s.sum(1)
-
-    def inverse(self, y: Tensor) -> Tensor:
-        cond, other = self._split(y)
-        raw, t = self.net(cond).chunk(2, dim=1)
-        s = _bounded_log_scale(raw, self.scale)
-        return self._join(cond, (other - t) * torch.exp(-s))
 
 
 # ---- Glow --------------------------------------------------------------------------------------
