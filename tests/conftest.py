@@ -21,6 +21,14 @@ TINY = {
     "gan_mlp": ["model.g_widths=[16,32]", "model.d_widths=[32,16]", "model.z_dim=8"],
 }
 TINY["cgan"] = TINY["acgan"] = [*TINY["dcgan"], "model.embed_dim=4"]
+TINY |= {
+    "vae": ["model.z_dim=2", "model.hidden=[16]"],
+    "conv_vae": ["model.z_dim=4", "model.width=4"],
+    "realnvp": ["model.hidden=8", "model.blocks=1", "model.scales=2", "model.couplings=4"],
+    "glow": ["model.hidden=8", "model.steps=2", "model.levels=2"],
+    "pixelcnn": ["model.hidden=8", "model.layers=2"],
+    "made": ["model.hidden=[32,32]"],
+}
 SMALL_DATA = {
     "digits": [],
     "ring8": ["dataset.n_train=512", "dataset.n_test=128"],
@@ -35,7 +43,8 @@ def make_config(overrides: list[str]) -> DictConfig:
     return compose(overrides)
 
 
-def tiny_overrides(model: str, dataset: str, objective: str = "non_saturating", steps: int = 3) -> list[str]:
+def tiny_overrides(model: str, dataset: str, objective: str = "non_saturating", steps: int = 3, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Overrides for a run of a few steps of the tiny ``model`` on a small ``dataset``; ``extra`` goes last."""
     return [
         f"model={model}",
         f"dataset={dataset}",
@@ -50,6 +59,7 @@ def tiny_overrides(model: str, dataset: str, objective: str = "non_saturating", 
         "logger.progress=false",
         *TINY[model],
         *SMALL_DATA.get(dataset, []),
+        *extra,
     ]
 
 

@@ -15,31 +15,10 @@ from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 from gentrain.models.autoregressive import MADE, PixelCNN
 from gentrain.models.likelihood import bits_per_dim, from_levels, to_levels
-from conftest import SMALL_DATA, make_config
-
-TINY_AR = {
-    "pixelcnn": ["model.hidden=8", "model.layers=2"],
-    "made": ["model.hidden=[32,32]"],
-}
-
+from conftest import make_config, tiny_overrides
 
 def ar_overrides(model: str, dataset: str = "digits", *extra: str, objective: str = "ar_nll", steps: int = 3) -> list[str]:
-    return [
-        f"model={model}",
-        f"dataset={dataset}",
-        f"objective={objective}",
-        "device=cpu",
-        f"trainer.max_steps={steps}",
-        "trainer.batch_size=16",
-        "logger.every=2",
-        "logger.samples_every=2",
-        "logger.n_samples=16",
-        "logger.n_points=64",
-        "logger.progress=false",
-        *TINY_AR[model],
-        *SMALL_DATA.get(dataset, []),
-        *extra,
-    ]
+    return tiny_overrides(model, dataset, objective, steps, extra)
 
 
 def pixelcnn(shape, gated=False, hidden=8, layers=3, seed=0) -> PixelCNN:

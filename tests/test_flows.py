@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import conftest
 from conftest import make_config, tiny_overrides
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
@@ -25,23 +24,6 @@ from gentrain.models.flow_layers import (
 )
 from gentrain.models.flows import Glow, RealNVP
 from gentrain.models.likelihood import LOG_256, bits_per_dim, dequantize, from_levels, logit_transform
-
-TINY_FLOWS = {
-    "realnvp": ["model.hidden=8", "model.blocks=1", "model.scales=2", "model.couplings=4"],
-    "glow": ["model.hidden=8", "model.steps=2", "model.levels=2"],
-}
-
-
-@pytest.fixture(autouse=True)
-def tiny_flows(monkeypatch):
-    """Tiny networks for ``tiny_overrides("realnvp" | "glow", ...)``; one intra-op thread (tiny networks only pay for synchronisation)."""
-    for name, overrides in TINY_FLOWS.items():
-        monkeypatch.setitem(conftest.TINY, name, overrides)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---- helpers -----------------------------------------------------------------------------------
 

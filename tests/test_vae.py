@@ -8,20 +8,13 @@ import math
 import pytest
 import torch
 
-from conftest import make_config, quiet_console
+from conftest import make_config, quiet_console, tiny_overrides
 from gentrain.errors import GentrainError
 from gentrain.models.vae import VAE, ConvVAE, gaussian_kl
 from gentrain.tasks import train
 
-VAE_TINY = ["model.z_dim=2", "model.hidden=[16]"]
-CONV_TINY = ["model.z_dim=4", "model.width=4"]
-
-
 def overrides(model: str, dataset: str, steps: int = 3, extra: list[str] | None = None) -> list[str]:
-    tiny = VAE_TINY if model == "vae" else CONV_TINY
-    data = ["dataset.n_train=256", "dataset.n_test=64"] if dataset in ("ring8", "moons") else []
-    return [f"model={model}", f"dataset={dataset}", "objective=elbo", "device=cpu", f"trainer.max_steps={steps}", "trainer.batch_size=16",
-            "logger.every=2", "logger.samples_every=2", "logger.n_samples=16", "logger.n_points=64", "logger.progress=false", *tiny, *data, *(extra or [])]
+    return tiny_overrides(model, dataset, "elbo", steps, extra or [])
 
 
 def test_analytic_kl_matches_monte_carlo():
