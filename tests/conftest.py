@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import pytest
@@ -64,7 +64,7 @@ def tiny_overrides(model: str, dataset: str, objective: str = "non_saturating", 
 
 
 def quiet_console() -> Console:
-    return Console(file=open(os.devnull, "w"), width=120)
+    return Console(file=io.StringIO(), width=120)
 
 
 @pytest.fixture

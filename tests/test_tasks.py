@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -126,11 +128,15 @@ def test_task_errors_are_one_line(trained, overrides, fragment):
     assert "\n" not in str(e.value)
 
 
-def test_a_file_that_is_not_a_gentrain_checkpoint_is_refused(tmp_path):
+@pytest.mark.parametrize("content", [b"\x80\x04junk", pickle.dumps({"weights": object()}, protocol=4), b""], ids=["junk", "foreign-pickle", "empty"])
+def test_a_file_that_is_not_a_gentrain_checkpoint_is_refused(tmp_path, content):
     bogus = tmp_path / "model.pt"
-    bogus.write_bytes(b"\x80\x04junk")
-    with pytest.raises(GentrainError, match="not a readable gentrain checkpoint"):
-        evaluate(make_config(["task=eval", f"ckpt={bogus}", "device=cpu"]), quiet_console())
+    bogus.write_bytes(content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # one line, no warnings from torch before it
+        with pytest.raises(GentrainError, match="not a readable gentrain checkpoint") as e:
+            evaluate(make_config(["task=eval", f"ckpt={bogus}", "device=cpu"]), quiet_console())
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
 
 
 def test_best_must_name_a_listed_metric(train_run):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +68,15 @@ def find_checkpoint(spec: str | Path) -> Path:
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
     """Load and check a gentrain checkpoint; anything else is refused with one line."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about foreign pickles before failing on them; the one line below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise GentrainError(f"checkpoint {str(path)!r} does not exist; give the path of a checkpoints/*.pt file") from None
-    except Exception as e:  # unpickling errors come in many types; all mean "not ours or damaged"
+    except pickle.UnpicklingError:  # junk bytes, or a pickle with objects weights-only loading refuses
+        raise GentrainError(f"{str(path)!r} is not a readable gentrain checkpoint (damaged, or not written by torch.save, or holding objects gentrain never saves); give a checkpoints/*.pt file written by gentrain") from None
+    except Exception as e:  # other errors come in many types; all mean "not ours or damaged"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GentrainError(f"{str(path)!r} is not a readable gentrain checkpoint ({first}); give a checkpoints/*.pt file written by gentrain") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
