@@ -6,6 +6,7 @@ tests/test_inception.py checks the real network."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pickle
 import warnings
@@ -13,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import make_config, quiet_console, tiny_overrides
@@ -90,19 +92,30 @@ def test_summarize_task_gathers_a_sweep(train_run, tmp_path):
     for i, objective in enumerate(("minimax", "non_saturating")):
         run_dir, _ = train_run(tiny_overrides("gan_mlp", "moons", objective, steps=2), f"sweep/{i}")
         (run_dir / ".hydra").mkdir()
-        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- objective={objective}\n")
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- objective={objective}\n- trainer.max_steps=2\n")
         (run_dir / ".hydra" / "config.yaml").write_text("{}\n")
     crashed = sweep / "2" / ".hydra"
     crashed.mkdir(parents=True)
     (crashed / "config.yaml").write_text("{}\n")
-    rows = summarize(make_config(["task=summarize", f"dir={sweep}"]), quiet_console())
+    (crashed / "overrides.yaml").write_text("- objective=hinge\n- trainer.max_steps=2\n")
+    wide = Console(file=io.StringIO(), width=300)
+    rows = summarize(make_config(["task=summarize", f"dir={sweep}"]), wide)
     assert [r["run"] for r in rows] == ["0", "1", "2"]
-    assert rows[0]["overrides"] == "objective=minimax" and rows[1]["objective"] == "non_saturating" and rows[0]["steps"] == 2
+    assert rows[0]["overrides"] == "objective=minimax trainer.max_steps=2" and rows[1]["objective"] == "non_saturating" and rows[0]["steps"] == 2
     assert rows[2]["status"].startswith("no report")
     with open(sweep / "summary.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 3 and "G/loss" in table[0] and table[0]["G/loss"]
-    assert "objective=non_saturating" in (sweep / "summary.md").read_text()
+    assert len(table) == 3 and "G/loss" in table[0] and table[0]["G/loss"] and table[0]["overrides"] == "objective=minimax trainer.max_steps=2"
+    md = (sweep / "summary.md").read_text()
+    # the markdown table shows what varies and names the shared overrides once
+    assert "Overrides of every run: `trainer.max_steps=2`" in md and "| 0 | objective=minimax | completed |" in md
+    # a wide terminal: one row per run; a narrow one: one column per run
+    lines = wide.file.getvalue().splitlines()
+    assert any(line.startswith("│ 0 ") and "objective=minimax" in line and "trainer" not in line for line in lines)
+    narrow = Console(file=io.StringIO(), width=60)
+    summarize(make_config(["task=summarize", f"dir={sweep}"]), narrow)
+    header = next(line for line in narrow.file.getvalue().splitlines() if line.startswith("┃"))
+    assert [c.strip() for c in header.strip("┃").split("┃")] == ["run", "0", "1", "2"]
 
 
 @pytest.mark.parametrize(

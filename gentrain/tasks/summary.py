@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from gentrain.errors import GentrainError
@@ -45,6 +46,13 @@ def collect(root: Path) -> list[dict[str, Any]]:
     return [_run_row(r, root) for r in runs]
 
 
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """The overrides every run shares (when there are several runs), and each run's others."""
+    per_run = [o.split() for o in overrides]
+    common = [o for o in per_run[0] if all(o in run for run in per_run[1:])] if len(per_run) > 1 else []
+    return common, [" ".join(o for o in run if o not in common) for run in per_run]
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
@@ -64,14 +72,32 @@ def summarize(cfg: DictConfig, console: Console | None = None) -> list[dict[str,
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    # the CSV keeps every run's full overrides; the tables show what varies and name the rest once
+    common, shown = _split_overrides([row["overrides"] for row in rows])
+    shown_rows = [{**row, "overrides": varying} for row, varying in zip(rows, shown)]
+    common_line = f"Overrides of every run: `{' '.join(common)}`.\n\n" if common else ""
     md = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    md += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    (root / "summary.md").write_text(f"# gentrain sweep summary: {root}\n\n{len(rows)} runs.\n\n" + "\n".join(md) + "\n")
-    table = Table(title=f"{root} ({len(rows)} runs)", header_style="bold")
-    for c in columns:
+    md += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in shown_rows]
+    (root / "summary.md").write_text(f"# gentrain sweep summary: {root}\n\n{len(rows)} runs. {common_line}" + "\n".join(md) + "\n")
+    # the terminal: columns with one value for every run move into the caption; a table still wider
+    # than the terminal is turned on its side (one column per run) while the runs fit across
+    same = {c: _cell(rows[0].get(c)) for c in columns if len(rows) > 1 and c not in ("run", "overrides") and len({_cell(r.get(c)) for r in rows}) == 1}
+    caption = [f"every run: {' '.join(common)}"] if common else []
+    caption += [", ".join(f"{c}={v}" for c, v in same.items())] if same else []
+    fields = [c for c in columns if c not in same]
+    title, caption_text = f"{root} ({len(rows)} runs)", "\n".join(caption) or None
+    table = Table(title=title, caption=caption_text, header_style="bold")
+    for c in fields:
         table.add_column(c, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+    for row in shown_rows:
+        table.add_row(*(_cell(row.get(c)) for c in fields))
+    if Measurement.get(console, console.options.update(max_width=10**4), table).maximum > console.width and len(rows) <= 8:
+        table = Table(title=title, caption=caption_text, header_style="bold")
+        table.add_column("run", style="bold")
+        for row in shown_rows:
+            table.add_column(str(row["run"]), overflow="fold")
+        for c in fields[1:]:
+            table.add_row(c, *(_cell(row.get(c)) for row in shown_rows))
     console.print(table)
     console.print(f"written: {root / 'summary.md'}, {root / 'summary.csv'}", highlight=False)
     return rows
