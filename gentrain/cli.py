@@ -33,14 +33,14 @@ _SIMPLE_VALUE = re.compile(r"^[\w.\-/:]+$")
 
 def _runs_to_check(argv: list[str]) -> list[list[str]] | None:
     """The override lists to compose before Hydra starts: the run, or for ``-m`` every option of every
-    simple sweep (the others at their first value). None where Hydra should answer alone (help, --cfg,
+    simple sweep (the others at their first value). None where Hydra should answer alone (help, --info,
     another config, sweeps of ranges or globs)."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ValueType
 
     args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun:
         return None
     if args.config_path or args.config_name or args.config_dir:
         return None

@@ -80,6 +80,10 @@ def test_every_value_of_a_sweep_is_checked_before_any_run(tmp_path):
     assert not (tmp_path / "multirun").exists()
 
 
+def test_cfg_of_an_unknown_option_is_one_line(tmp_path):
+    assert_one_line_error(gentrain(["--cfg", "job", "dataset=nope"], tmp_path), "unknown dataset 'nope'")
+
+
 def test_a_sweep_value_without_multirun_says_how(tmp_path):
     assert_one_line_error(gentrain(["model=dcgan,gan_mlp"], tmp_path), "add --multirun")
 
