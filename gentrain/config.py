@@ -23,6 +23,7 @@ class TrainerSettings:
     resume: Any = False  # false | true (this run dir's checkpoints/last.pt) | path to a .pt or a run dir
     ckpt_every: int = 1000  # steps between checkpoints/last.pt writes; 0: only at the end
     ema_decay: Optional[float] = None  # exponential moving average of the generator's weights (e.g. 0.999); None: off
+    warmup_steps: int = 0  # learning rates rise linearly from lr / warmup_steps to lr over these first steps; 0: off
 
     at_least_one: ClassVar[frozenset[str]] = frozenset({"max_steps", "batch_size"})
 

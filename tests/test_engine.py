@@ -88,6 +88,27 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(train_run, model, datase
     assert torch.equal(full["rng"]["torch"], resumed["rng"]["torch"])
 
 
+def test_learning_rate_warm_up_is_linear_and_resumes_exactly(train_run):
+    # G lr 2e-4 and D lr 2e-4 (non-saturating defaults); warm-up over 4 steps, logged every step
+    base = tiny_overrides("gan_mlp", "moons", steps=6) + ["trainer.warmup_steps=4", "logger.every=1", "trainer.ckpt_every=2"]
+    full_dir, _ = train_run(base, "full")
+    logged = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    # the rate logged at step k is the one step k ran with: lr * min(1, k / 4)
+    for phase in ("D", "G"):
+        assert [round(entry[f"train/lr/{phase}"] / 2e-4, 6) for entry in logged] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    half_dir, _ = train_run([*base, "trainer.max_steps=2"], "half")
+    resumed_dir, _ = train_run([*base, f"trainer.resume={half_dir}"], "resumed")
+    full, resumed = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (full_dir, resumed_dir))
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert [g["lr"] for g in resumed["optimizers"]["G"]["param_groups"]] == [2e-4]
+
+
+def test_negative_warm_up_is_refused(tmp_path):
+    with pytest.raises(GentrainError, match="trainer.warmup_steps must be >= 0"):
+        train(make_config(tiny_overrides("gan_mlp", "moons") + ["trainer.warmup_steps=-1"]), run_dir=tmp_path / "run", console=quiet_console())
+
+
 def test_resume_true_continues_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     train(make_config(tiny_overrides("gan_mlp", "moons", steps=2)), run_dir=run_dir, console=quiet_console())

@@ -127,6 +127,9 @@ class Trainer:
         self.config = config
         self.console = console or Console()
         self.groups = model.param_groups()
+        for opt in optimizers.values():  # the configured rates, which a warm-up scales (as torch's schedulers do)
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
         self.group_params = {name: [p for p in module.parameters()] for name, module in self.groups.items()}
         self.step = 0
         self.train_time_s = 0.0
@@ -239,6 +242,8 @@ class Trainer:
         self.model.train()
         try:
             while self.step < s.max_steps:
+                if self.step <= s.warmup_steps:
+                    self._warm_up()
                 for phase in self.objective.phases:
                     self._set_trainable(phase.name)
                     for _ in range(phase.repeats):
@@ -273,6 +278,16 @@ class Trainer:
             start_step, self.step, self.train_time_s, session, self.train_time_s - train_time_before, dict(self.final), self.sample_path,
             self.eval_results, self.eval_step, self.best,
         )
+
+    def _warm_up(self) -> None:
+        """Linear learning-rate warm-up: step ``t`` (from 0) runs at ``lr * min(1, (t + 1) / warmup_steps)``.
+
+        A function of the step alone, so a resumed run continues it exactly; host floats, no device sync.
+        """
+        factor = min(1.0, (self.step + 1) / self.settings.warmup_steps) if self.settings.warmup_steps else 1.0
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
     def _set_trainable_all(self) -> None:
         for module in self.groups.values():
