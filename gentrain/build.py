@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,11 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gentrain.config import CONFIG_DIR, compose_app_config
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
 from gentrain.objectives.base import Objective
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -26,15 +24,10 @@ def compose(overrides: list[str]) -> DictConfig:
 
     HydraConfig is set (so group choices such as ``model=dcgan`` are known) and the ``hydra`` key removed.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    cfg = compose_app_config(overrides)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]

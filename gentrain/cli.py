@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from gentrain.config import CONFIG_DIR, compose_app_config
 from gentrain.errors import GentrainError
 
+
 # absolute: a console script has no calling file for Hydra to resolve a relative path against
-CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
     from gentrain.build import build
 
@@ -82,17 +80,13 @@ def _one_line(message: str) -> str:
 def _precheck(argv: list[str]) -> None:
     """Compose the config(s) the way Hydra will and refuse bad overrides with one line and exit 2,
     before Hydra prints its multi-line report."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        runs = _runs_to_check(argv)
-        for overrides in runs or []:
-            GlobalHydra.instance().clear()
-            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-                compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        for overrides in _runs_to_check(argv) or []:
+            compose_app_config(overrides)
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -7,12 +7,30 @@ mistake into one line that names the key and a valid example.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from gentrain.errors import GentrainError
+
+#: The app's config tree (``gentrain/configs`` links to the project's ``configs/``).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def compose_app_config(overrides: list[str]) -> DictConfig:
+    """The config the ``gentrain`` app composes for ``overrides``, ``hydra`` key included.
+
+    Raises Hydra's and OmegaConf's own errors for bad overrides; imports no torch (the CLI checks
+    overrides with it before anything heavy loads).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
 @dataclass

@@ -127,9 +127,6 @@ class Trainer:
         self.config = config
         self.console = console or Console()
         self.groups = model.param_groups()
-        for opt in optimizers.values():  # the configured rates, which a warm-up scales (as torch's schedulers do)
-            for group in opt.param_groups:
-                group.setdefault("initial_lr", group["lr"])
         self.group_params = {name: [p for p in module.parameters()] for name, module in self.groups.items()}
         self.step = 0
         self.train_time_s = 0.0
@@ -242,7 +239,7 @@ class Trainer:
         self.model.train()
         try:
             while self.step < s.max_steps:
-                if self.step <= s.warmup_steps:
+                if s.warmup_steps and self.step <= s.warmup_steps:
                     self._warm_up()
                 for phase in self.objective.phases:
                     self._set_trainable(phase.name)
@@ -284,9 +281,10 @@ class Trainer:
 
         A function of the step alone, so a resumed run continues it exactly; host floats, no device sync.
         """
-        factor = min(1.0, (self.step + 1) / self.settings.warmup_steps) if self.settings.warmup_steps else 1.0
+        factor = min(1.0, (self.step + 1) / self.settings.warmup_steps)
         for opt in self.optimizers.values():
             for group in opt.param_groups:
+                # the configured rate, kept in the group (and its checkpoint) as torch's schedulers keep it
                 group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
     def _set_trainable_all(self) -> None:

@@ -37,8 +37,6 @@ class AutoregressiveNLL(ExactNLL):
     family = AutoregressiveModel
 
 
-
-
 class ELBO(Objective):
     """objective=elbo: maximise ``E_q[log p(x|z)] - beta KL(q(z|x) || p(z))`` (Kingma & Welling 2014; beta: Higgins et al. 2017).
 

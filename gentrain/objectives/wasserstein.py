@@ -60,7 +60,6 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], x_real: Tensor, x_fake:
     return ((norms - 1.0) ** 2).mean(), norms
 
 
-
 class WassersteinGP(Wasserstein):
     """WGAN-GP: the Wasserstein losses plus ``gp_weight * (||grad f(x_hat)||_2 - 1)^2``; no clipping."""
 
