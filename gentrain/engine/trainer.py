@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from torch import Tensor, nn
+from torch import Tensor
 
 from gentrain import __version__
 from gentrain.config import LoggerSettings, TrainerSettings

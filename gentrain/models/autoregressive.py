@@ -27,12 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.errors import GentrainError
-from gentrain.models.likelihood import AutoregressiveModel, from_levels, to_levels
+from gentrain.models.likelihood import AutoregressiveModel, from_levels, gaussian_log_density, to_levels
 
 LEVELS = 256
 ORDERINGS = ("natural", "reverse", "random")
 LOG_STD_MIN, LOG_STD_MAX = -9.0, 5.0
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -384,8 +383,7 @@ class MADE(AutoregressiveModel):
         if self.images:
             return -F.cross_entropy(out.transpose(1, 2), to_levels(x).flatten(1), reduction="none").sum(1)
         mean, log_std = self.gaussian(out)
-        z = (x.flatten(1).float() - mean) * torch.exp(-log_std)
-        return (-0.5 * z.pow(2) - log_std - HALF_LOG_2PI).sum(1)
+        return gaussian_log_density(x.flatten(1).float(), mean, log_std)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> Tensor:

@@ -27,6 +27,7 @@ from gentrain.models.base import AdversarialModel
 from gentrain.models.gan import (
     _check_d_norm,
     _check_shape,
+    _check_square,
     dcgan_discriminator,
     dcgan_generator,
     dcgan_init_,
@@ -80,11 +81,6 @@ def _conditional_generator(
     net = dcgan_generator(z_dim + embed_dim, shape, g_width)
     dcgan_init_(net)
     return _ConditionalG(net, num_classes, embed_dim)
-
-
-def _check_square(name: str, shape: tuple[int, ...]) -> None:
-    if shape[1] != shape[2]:
-        raise GentrainError(f"model={name} needs square images, got {shape[1]}x{shape[2]}; set dataset.size to one side")
 
 
 def _check_classes(name: str, num_classes: int | None, embed_dim: int) -> int:

@@ -23,7 +23,6 @@ Affine couplings use ``y = x * exp(s) + t`` with ``s = scale * tanh(raw)`` (a le
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,13 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LOG_2PI = math.log(2 * math.pi)
-
-
-def sum_except_batch(x: Tensor) -> Tensor:
-    """``[B, ...] -> [B]``."""
-    return x.flatten(1).sum(1)
-
+from gentrain.models.likelihood import LOG_2PI, sum_except_batch
 
 def standard_normal_log_prob(eps: Tensor) -> Tensor:
     """``log N(eps; 0, I)`` per example: ``[B, ...] -> [B]``."""
@@ -354,33 +347,20 @@ class GlowCouplingNet(nn.Module):
         return self.out(h)
 
 
-class GlowCoupling(FlowLayer):
+class GlowCoupling(HalfCoupling):
     """Glow's affine coupling (Kingma & Dhariwal 2018, sec. 3.3) on ``[B, C, H, W]``, C even.
 
     ``x_a, x_b = split(x)``; ``(s, t) = NN(x_a)``; ``y = concat(x_a, x_b exp(s) + t)``; ``log_det = sum s``.
     NN's last convolution is zero-initialised, so the step starts as the identity. The split is
-    fixed: the invertible 1x1 convolution before it mixes the channels.
+    fixed (never flipped): the invertible 1x1 convolution before it mixes the channels.
     """
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
         half = channels // 2
+        self.flip = False
         self.net = GlowCouplingNet(half, 2 * half, hidden)
         self.scale = nn.Parameter(torch.ones(1, half, 1, 1))
-
-    def _st(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
-        raw, t = self.net(x_a).chunk(2, dim=1)
-        return _bounded_log_scale(raw, self.scale), t
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x_a, x_b = x.chunk(2, dim=1)
-        s, t = self._st(x_a)
-        return torch.cat((x_a, x_b * torch.exp(s) + t), dim=1), sum_except_batch(s)
-
-    def inverse(self, y: Tensor) -> Tensor:
-        y_a, y_b = y.chunk(2, dim=1)
-        s, t = self._st(y_a)
-        return torch.cat((y_a, (y_b - t) * torch.exp(-s)), dim=1)
 
 
 class SplitPrior(FlowLayer):

@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from gentrain.errors import GentrainError
 from gentrain.models.base import interpolate_latents
@@ -114,10 +114,6 @@ class _Flow(FlowModel):
         return "flow"
 
     # ---- densities ------------------------------------------------------------------------------
-    def encode(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """The flow's input ``[B, *shape]`` -> (``eps [B, D]``, ``log |det d eps / dh| [B]``)."""
-        return self.flow(h)
-
     def flow_log_prob(self, h: Tensor) -> Tensor:
         """The continuous log-density of the flow's input (logit space for images), ``[B]`` nats."""
         eps, log_det = self.flow(h)

@@ -208,12 +208,16 @@ class DCGAN(AdversarialModel):
             log.warning("model=dcgan: vector data %s has no spatial axes, so it uses the MLP networks", shape)
             generator, discriminator = mlp_generator(z_dim, shape, list(mlp_g_widths)), mlp_discriminator(shape, list(mlp_d_widths))
         else:
-            if shape[1] != shape[2]:
-                raise GentrainError(f"model=dcgan needs square images, got {shape[1]}x{shape[2]}; set dataset.size to one side")
+            _check_square("dcgan", shape)
             generator, discriminator = dcgan_generator(z_dim, shape, g_width), dcgan_discriminator(shape, d_width, d_norm)
             dcgan_init_(generator)
             dcgan_init_(discriminator)
         super().__init__(generator, spectral_norm_(discriminator) if spectral_norm else discriminator, z_dim)
+
+
+def _check_square(name: str, shape: tuple[int, ...]) -> None:
+    if shape[1] != shape[2]:
+        raise GentrainError(f"model={name} needs square images, got {shape[1]}x{shape[2]}; set dataset.size to one side")
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:

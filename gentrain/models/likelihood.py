@@ -23,6 +23,17 @@ from torch import Tensor, nn
 from gentrain.models.base import GenerativeModel
 
 LOG_256 = math.log(256.0)
+LOG_2PI = math.log(2 * math.pi)
+
+
+def sum_except_batch(x: Tensor) -> Tensor:
+    """``[B, ...] -> [B]``."""
+    return x.flatten(1).sum(1)
+
+
+def gaussian_log_density(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(x; mean, exp(log_std)^2) summed over all but the first axis: [B]."""
+    return sum_except_batch(-0.5 * ((x - mean) * torch.exp(-log_std)).pow(2) - log_std - 0.5 * LOG_2PI)
 
 
 class LikelihoodModel(GenerativeModel):

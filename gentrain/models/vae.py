@@ -26,20 +26,14 @@ from gentrain.data.base import DataSplit
 from gentrain.errors import GentrainError
 from gentrain.models.base import interpolate_latents
 from gentrain.models.gan import dcgan_layout
-from gentrain.models.likelihood import LOG_256, LikelihoodModel, dequantize, to_levels
+from gentrain.models.likelihood import LOG_2PI, LOG_256, LikelihoodModel, dequantize, gaussian_log_density, to_levels
 
 DECODERS = ("bernoulli", "gaussian")
-LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per example [B]: ``0.5 * sum(mu^2 + exp(logvar) - 1 - logvar)``."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
-
-
-def gaussian_log_density(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """log N(x; mean, exp(log_std)^2) summed over all but the first axis: [B]."""
-    return (-0.5 * ((x - mean) * torch.exp(-log_std)).pow(2) - log_std - 0.5 * LOG_2PI).flatten(1).sum(1)
 
 
 class LatentVariableModel(LikelihoodModel):
