@@ -54,7 +54,6 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    torch.set_num_threads(torch.get_num_threads())
     net = InceptionFeatures(resolve_weights(args.weights), device)
     record: dict = {
         "device": f"{device.type} ({device_name(device)})",

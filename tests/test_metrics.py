@@ -77,6 +77,13 @@ def test_fid_from_fewer_samples_than_dimensions_works_and_is_flagged():
     assert not any("strongly biased" in n for n in compute(parse_protocol("fid100"), Features(torch.randn(100, 8)), Features(torch.randn(100, 8)), {}).notes)
 
 
+def test_kid_says_when_its_subsets_are_smaller_than_asked():
+    gen, ref = Features(torch.randn(30, 8)), Features(torch.randn(40, 8))
+    small = compute(parse_protocol("kid30"), gen, ref, {"kid_subsets": 5, "kid_subset_size": 100})
+    assert small.notes == ["KID subsets of 30 samples (fewer than the usual 100)"]
+    assert compute(parse_protocol("kid30"), gen, ref, {"kid_subsets": 5, "kid_subset_size": 20}).notes == []
+
+
 # ------------------------------------------------------------------------------------------- KID
 
 

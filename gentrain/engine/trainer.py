@@ -29,7 +29,7 @@ from gentrain.engine.ema import EMA
 from gentrain.engine.loader import BatchStream, to_model_space
 from gentrain.engine.loggers import ConsoleProgress, JsonlWriter, TensorBoardLogger
 from gentrain.errors import GentrainError
-from gentrain.metrics.fidelity import MetricResult
+from gentrain.metrics.fidelity import MetricResult, flat_values
 from gentrain.models.base import GenerativeModel
 from gentrain.objectives.base import Objective
 from gentrain.visual import image_grid, sample_picture, save_png
@@ -371,7 +371,7 @@ class Trainer:
         with self._sampling_weights():
             results = ev.evaluate(self.model)
         elapsed = time.perf_counter() - t0
-        values = {k: v for r in results for k, v in r.values.items()}
+        values = flat_values(results)
         self.eval_results, self.eval_step = results, self.step
         if self.tb is not None:
             self.tb.scalars({f"eval/{k}": v for k, v in values.items()}, self.step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,13 +64,14 @@ def extract(batches: Callable[[int, int], Tensor], n: int, extractor: FeatureExt
         size = min(batch_size, n - start)
         f, lg = extractor(batches(start, size))
         if pool is None:
-            pool = torch.empty(n, f.shape[1], dtype=torch.float32)
-            logits = None if lg is None else torch.empty(n, lg.shape[1], dtype=torch.float32)
-        pool[start : start + size] = f.float().cpu()
+            # filled where the extractor runs, copied to the host once: no sync per batch
+            pool = torch.empty(n, f.shape[1], dtype=torch.float32, device=f.device)
+            logits = None if lg is None else torch.empty(n, lg.shape[1], dtype=torch.float32, device=lg.device)
+        pool[start : start + size] = f
         if logits is not None and lg is not None:
-            logits[start : start + size] = lg.float().cpu()
+            logits[start : start + size] = lg
     assert pool is not None
-    return Features(pool, logits)
+    return Features(pool.cpu(), None if logits is None else logits.cpu())
 
 
 @torch.no_grad()
@@ -178,15 +180,22 @@ class Evaluator:
         self.device = device
         self.batch_size = batch_size
         self.seed = seed
-        self.options = options or {}
+        self.options = {"dims": math.prod(dataset.shape), **(options or {})}
+        self._split_x: Tensor | None = None
         self._reference: Features | None = None
         self.reference_from_cache: bool | None = None
+
+    def split_images(self) -> Tensor:
+        """The evaluation split's data (uint8 images or points), read once."""
+        if self._split_x is None:
+            self._split_x = self.dataset.load(self.split).x
+        return self._split_x
 
     def reference(self) -> Features:
         if self._reference is None:
             assert self.extractor is not None
             n_ref = max((p.n for p in self.protocols if p.family.needs_reference), default=0)
-            images = self.dataset.load(self.split).x[:n_ref]  # the first n images of the split (standard protocol)
+            images = self.split_images()[:n_ref]  # the first n images of the split (standard protocol)
             self._reference, self.reference_from_cache = self.cache.features(
                 self.dataset.name, self.split, images, self.extractor, self.batch_size, self.device
             )
@@ -228,8 +237,7 @@ class Evaluator:
         """log p(x) [N, 1] of the first ``n`` examples of the split, in batches; the global RNG is left as it was."""
         from gentrain.engine.loader import to_model_space
 
-        x = self.dataset.load(self.split).x[:n]
-        self.options.setdefault("dims", int(x[0].numel()))
+        x = self.split_images()[:n]
         was_training = model.training
         model.eval()
         devices = [model.device] if model.device.type == "cuda" else []
@@ -237,17 +245,10 @@ class Evaluator:
             with torch.random.fork_rng(devices=devices):  # dequantisation and IWAE noise: seeded, and invisible to training
                 torch.manual_seed(self.seed)
                 out = [
-                    model.log_likelihood(to_model_space(x[i : i + self.batch_size].to(model.device)), k=int(self.options.get("iwae_k", 1))).float().cpu()
+                    model.log_likelihood(to_model_space(x[i : i + self.batch_size].to(model.device)), k=int(self.options.get("iwae_k", 1))).float()
                     for i in range(0, x.shape[0], self.batch_size)
                 ]
         finally:
             model.train(was_training)
-        return Features(torch.cat(out)[:, None])
+        return Features(torch.cat(out)[:, None].cpu())
 
-
-def flat_values(results: list[MetricResult]) -> dict[str, float]:
-    """{"fid10k": 12.3, "kid10k": ..., "kid10k_std": ...} over the available results."""
-    out: dict[str, float] = {}
-    for r in results:
-        out.update(r.values)
-    return out

@@ -76,12 +76,20 @@ class Family:
 
 def _fid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
     assert ref is not None
+    n, dim = min(len(gen), len(ref)), gen.pool.shape[1]
+    if n < dim:
+        opts["notes"] = [
+            f"strongly biased: fewer samples than feature dimensions ({n} < {dim}); compare only with FIDs at the same sample counts"
+        ]
     return {"": frechet_distance(moments(gen.pool), moments(ref.pool))}
 
 
 def _kid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
     assert ref is not None
-    size = min(int(opts.get("kid_subset_size", 1000)), len(gen), len(ref))
+    usual = int(opts.get("kid_subset_size", 1000))
+    size = min(usual, len(gen), len(ref))
+    if size < usual:
+        opts["notes"] = [f"KID subsets of {size} samples (fewer than the usual {usual})"]
     out = kid_features_to_metric(
         gen.pool, ref.pool, kid_subsets=int(opts.get("kid_subsets", 100)), kid_subset_size=size, kid_kernel="poly",
         kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=METRIC_RNG_SEED, verbose=False,
@@ -190,6 +198,11 @@ class MetricResult:
         }
 
 
+def flat_values(results: list[MetricResult]) -> dict[str, float]:
+    """{"fid10k": 12.3, "kid10k": ..., "kid10k_std": ...} over the results (unavailable ones have no values)."""
+    return {k: v for r in results for k, v in r.values.items()}
+
+
 def compute(protocol: Protocol, gen: Features, ref: Features | None, opts: dict[str, Any]) -> MetricResult:
     """Apply ``protocol`` to generated and reference features (the first ``protocol.n`` of each are used)."""
     fam = protocol.family
@@ -210,15 +223,7 @@ def compute(protocol: Protocol, gen: Features, ref: Features | None, opts: dict[
         result.n_reference = len(ref)
         if len(ref) < protocol.n:
             result.notes.append(f"the reference split has only {len(ref)} images, fewer than the {protocol.n} asked for")
-    dim = gen.pool.shape[1]
-    if fam.name == "fid" and min(len(gen), len(ref) if ref is not None else len(gen)) < dim:
-        result.notes.append(
-            f"strongly biased: fewer samples than feature dimensions ({min(len(gen), len(ref) if ref else len(gen))} < {dim}); "
-            "compare only with FIDs at the same sample counts"
-        )
-    if fam.name == "kid" and ref is not None and min(len(gen), len(ref)) < int(opts.get("kid_subset_size", 1000)):
-        result.notes.append(f"KID subsets of {min(len(gen), len(ref))} samples (fewer than the usual {int(opts.get('kid_subset_size', 1000))})")
-    opts = dict(opts)  # a family may leave notes in its own copy
+    opts = dict(opts)  # a family may leave notes (caveats of its number) in its own copy
     values = fam.compute(gen, ref, opts)
     result.values = {protocol.name + suffix: float(v) for suffix, v in values.items()}
     result.notes.extend(opts.get("notes", []))

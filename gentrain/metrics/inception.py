@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
 
+from gentrain.engine.checkpoint import atomic_save
 from gentrain.errors import GentrainError
 
 WEIGHTS_ENV = "GENTRAIN_INCEPTION_WEIGHTS"
@@ -195,13 +196,7 @@ def build_weights(out: Path, dtype: torch.dtype = torch.float32, source: Path | 
     state = convert_state_dict(_load_torchscript(source).state_dict())
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save(state, out)
     return out
 
 
@@ -243,7 +238,6 @@ class InceptionFeatures(nn.Module):
     """
 
     feature_dim: int = 2048
-    logits_dim: int = 1008
 
     def __init__(self, weights: Path | None, device: torch.device) -> None:
         super().__init__()

@@ -31,10 +31,15 @@ def versions() -> dict[str, str]:
     }
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename: a reader never sees half a report."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_reports(run_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
@@ -42,13 +47,12 @@ def write_reports(run_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     curves = render_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     report["curves"] = str(curves) if curves else None
     write_json(json_path, report)
-    tmp = md_path.with_name(md_path.name + ".tmp")
-    tmp.write_text(render_markdown(report, run_dir))
-    os.replace(tmp, md_path)
+    write_text(md_path, render_markdown(report, run_dir))
     return json_path, md_path
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """Floats to 4 significant digits (nan stays nan), anything else as text."""
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
@@ -69,20 +73,20 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
     ]
     for key in ("status", "steps", "start_step", "batch_size", "train_time_s", "steps_per_s", "examples_per_s", "seed"):
         if key in run:
-            lines.append(f"| {key} | {_fmt(run[key])} |")
+            lines.append(f"| {key} | {format_value(run[key])} |")
     dev = report["device"]
     lines.append(f"| device | {dev['type']} ({dev['name']}), precision {dev['precision']} |")
     lines += ["", "## Final training metrics", "", f"Means over the last logging interval (up to {report['logger_every']} steps).", ""]
     lines += ["| metric | value |", "| --- | --- |"]
     for k, v in report["final"].items():
-        lines.append(f"| `{k}` | {_fmt(v)} |")
+        lines.append(f"| `{k}` | {format_value(v)} |")
     lines += ["", "## Evaluation", ""]
     if report["evaluation"]:
         lines += [f"At step {report['evaluation_step']}.", ""]
         lines += evaluation_markdown(report["evaluation"])
         if report.get("best"):
             b = report["best"]
-            lines += ["", f"`checkpoints/best.pt`: {b['key']} = {_fmt(b['value'])} at step {b['step']}."]
+            lines += ["", f"`checkpoints/best.pt`: {b['key']} = {format_value(b['value'])} at step {b['step']}."]
     else:
         lines.append("No evaluation metrics were configured for this run (`eval.metrics` is empty; `eval=standard` turns them on).")
     if report.get("curves"):
@@ -99,33 +103,36 @@ def command_line() -> str:
     return " ".join(["gentrain", *sys.argv[1:]])
 
 
-def evaluation_markdown(evaluation: list[dict[str, Any]]) -> list[str]:
-    """A markdown table: every number with its sample counts, reference split and caveats."""
-    lines = ["| metric | value | generated | reference | notes |", "| --- | --- | --- | --- | --- |"]
+EVALUATION_COLUMNS = ("metric", "value", "generated", "reference", "notes")
+
+
+def evaluation_rows(evaluation: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """One row per number (n/a for an unavailable metric), with its sample counts, reference split, and the
+    protocol's caveats on its first row."""
+    rows = []
     for r in evaluation:
         ref = f"{r['n_reference']} ({r['reference_split']})" if r["n_reference"] is not None else "-"
-        notes = "; ".join(r["notes"]) or ""
-        generated = "-" if r["n_generated"] is None else r["n_generated"]
-        if not r["available"]:
-            lines.append(f"| {r['name']} | n/a | {generated} | {ref} | {notes} |")
-            continue
-        for key, value in r["values"].items():
-            lines.append(f"| {key} | {_fmt(value)} | {generated} | {ref} | {notes} |")
-            notes = ""  # once per protocol
-    return lines
+        generated = "-" if r["n_generated"] is None else str(r["n_generated"])
+        values = r["values"] if r["available"] and r["values"] else {r["name"]: "n/a"}
+        for i, (key, value) in enumerate(values.items()):
+            rows.append((key, format_value(value), generated, ref, "; ".join(r["notes"]) if i == 0 else ""))
+    return rows
+
+
+def evaluation_markdown(evaluation: list[dict[str, Any]]) -> list[str]:
+    """A markdown table: every number with its sample counts, reference split and caveats."""
+    lines = ["| " + " | ".join(EVALUATION_COLUMNS) + " |", "| " + " | ".join("---" for _ in EVALUATION_COLUMNS) + " |"]
+    return lines + ["| " + " | ".join(row) + " |" for row in evaluation_rows(evaluation)]
 
 
 def evaluation_table(evaluation: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title="evaluation", header_style="bold")
-    for col in ("metric", "value", "generated", "reference", "notes"):
+    for col in EVALUATION_COLUMNS:
         table.add_column(col, justify="right" if col in ("value", "generated") else "left")
-    for r in evaluation:
-        ref = f"{r['n_reference']} ({r['reference_split']})" if r["n_reference"] is not None else "-"
-        values = r["values"] or {r["name"]: "n/a"}
-        for i, (key, value) in enumerate(values.items()):
-            table.add_row(key, _fmt(value), "-" if r["n_generated"] is None else str(r["n_generated"]), ref, "; ".join(r["notes"]) if i == 0 else "")
+    for row in evaluation_rows(evaluation):
+        table.add_row(*row)
     return table
 
 

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from gentrain.config import EvalSettings, typed
 from gentrain.errors import GentrainError
-from gentrain.metrics.report import evaluation_markdown, evaluation_table, versions, write_json
+from gentrain.metrics.fidelity import flat_values
+from gentrain.metrics.report import evaluation_markdown, evaluation_table, versions, write_json, write_text
 from gentrain.engine.device import device_name
 from gentrain.tasks.common import load_trained, make_evaluator, required, setup_device
 
@@ -33,7 +34,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         "step": ckpt["step"],
         "weights": "ema" if es.use_ema and ckpt.get("ema") is not None else "trained",
         "choices": ckpt.get("choices", {}),
-        "metrics": {k: v for r in results for k, v in r.values.items()},
+        "metrics": flat_values(results),
         "evaluation": [r.as_dict() for r in results],
         "eval_time_s": round(elapsed, 3),
         "reference_from_cache": evaluator.reference_from_cache,
@@ -42,7 +43,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     }
     json_path, md_path = path.with_name(f"{path.stem}.eval.json"), path.with_name(f"{path.stem}.eval.md")
     write_json(json_path, report)
-    md_path.write_text(render(report))
+    write_text(md_path, render(report))
     console.print(evaluation_table(report["evaluation"]))
     console.print(f"report: {json_path} and {md_path.name} ({elapsed:.1f} s)", highlight=False)
     return report

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from gentrain.errors import GentrainError
+from gentrain.metrics.report import format_value
 from gentrain.tasks.common import required
 
 #: Final training metrics shown (when a run has them), besides every evaluation metric.
@@ -54,9 +54,7 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
-    return "" if v is None else str(v)
+    return "" if v is None else format_value(v)
 
 
 def summarize(cfg: DictConfig, console: Console | None = None) -> list[dict[str, Any]]:

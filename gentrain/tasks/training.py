@@ -19,6 +19,7 @@ from gentrain.engine.loader import BatchStream
 from gentrain.engine.loggers import flatten, summary_table
 from gentrain.engine.trainer import EvalSchedule, Trainer, TrainResult
 from gentrain.errors import GentrainError
+from gentrain.metrics.fidelity import flat_values
 from gentrain.metrics.report import command_line, evaluation_table, versions, write_reports
 from gentrain.tasks.common import best_key, make_evaluator, setup_device
 
@@ -151,7 +152,7 @@ def make_report(
         },
         "device": {"type": device.type, "name": device_name(device), "precision": precision},
         "final": result.final,
-        "metrics": {k: v for r in result.evaluation for k, v in r.values.items()},
+        "metrics": flat_values(result.evaluation),
         "evaluation": [r.as_dict() for r in result.evaluation],
         "evaluation_step": result.evaluation_step,
         "best": result.best,
