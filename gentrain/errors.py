@@ -1,5 +1,9 @@
 """The one exception type users see: a single line that says what is wrong and how to fix it."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class GentrainError(Exception):
     """A user-facing error. The CLI prints ``error: <message>`` on one line and exits with ``exit_code``.
@@ -8,3 +12,10 @@ class GentrainError(Exception):
     """
 
     exit_code: int = 2
+
+
+def check_int(value: Any, key: str, minimum: int = 1, example: int | None = None) -> int:
+    """``value`` if it is an integer >= ``minimum`` (booleans are not); else one line naming ``key`` and an example."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GentrainError(f"{key} must be an integer >= {minimum}, got {value!r}; e.g. {key}={minimum if example is None else example}")
+    return value

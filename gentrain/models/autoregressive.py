@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, check_int
 from gentrain.models.likelihood import AutoregressiveModel, from_levels, gaussian_log_density, to_levels
 
 LEVELS = 256
@@ -45,12 +45,6 @@ def _shape(shape: Any) -> tuple[int, ...]:
     if len(out) not in (1, 3) or any(s < 1 for s in out):
         raise GentrainError(f"model.shape={list(out)} is neither [C, H, W] nor [D]; leave model.shape=${{dataset.shape}}")
     return out
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GentrainError(f"model.{key} must be an integer >= 1, got {value!r}; e.g. model.{key}=64")
-    return value
 
 
 def _temperature(value: Any) -> float:
@@ -234,11 +228,11 @@ class PixelCNN(AutoregressiveModel):
             raise GentrainError(f"model=pixelcnn needs images and the data has shape {list(shape)}; use model=made for vectors")
         self.shape = shape
         channels = shape[0]
-        hidden = _positive_int(hidden, "hidden")
+        hidden = check_int(hidden, "model.hidden", example=64)
         if hidden < 2 * channels:
             raise GentrainError(f"model.hidden={hidden} is too small for {channels} colour groups; use model.hidden >= {2 * channels}")
-        layers = _positive_int(layers, "layers")
-        first_kernel = _positive_int(first_kernel, "first_kernel")
+        layers = check_int(layers, "model.layers", example=64)
+        first_kernel = check_int(first_kernel, "model.first_kernel", example=64)
         if first_kernel % 2 == 0:
             raise GentrainError(f"model.first_kernel={first_kernel} must be odd; e.g. model.first_kernel=7")
         self.gated = bool(gated)

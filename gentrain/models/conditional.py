@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, check_int
 from gentrain.models.base import AdversarialModel
 from gentrain.models.gan import (
     _check_d_norm,
@@ -89,10 +89,8 @@ def _check_classes(name: str, num_classes: int | None, embed_dim: int) -> int:
             f"model={name} needs a dataset with class labels, but model.num_classes is null (it follows dataset.num_classes, "
             "null when the dataset has none); use a labelled dataset (e.g. dataset=digits) or an unconditional model (e.g. model=dcgan)"
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise GentrainError(f"model.num_classes must be an integer >= 1, got {num_classes!r}; e.g. model.num_classes=10")
-    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-        raise GentrainError(f"model.embed_dim must be an integer >= 1, got {embed_dim!r}; e.g. model.embed_dim=50")
+    check_int(num_classes, "model.num_classes", example=10)
+    check_int(embed_dim, "model.embed_dim", example=50)
     return num_classes
 
 

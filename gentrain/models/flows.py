@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, check_int
 from gentrain.models.base import interpolate_latents
 from gentrain.models.flow_layers import (
     ActNorm,
@@ -52,12 +52,6 @@ from gentrain.models.flow_layers import (
     standard_normal_log_prob,
 )
 from gentrain.models.likelihood import LOG_256, FlowModel, dequantize, inverse_logit_transform, logit_transform
-
-
-def _check_int(value: int, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GentrainError(f"{key} must be an integer >= {minimum}, got {value!r}; e.g. {key}={max(minimum, 2)}")
-    return value
 
 
 def _check_shape(shape: Sequence[int], name: str, levels: int, levels_key: str, squeezes: int) -> tuple[int, ...]:
@@ -208,10 +202,10 @@ class RealNVP(_Flow):
         temperature: float = 1.0,
         alpha: float = 0.05,
     ) -> None:
-        hidden = _check_int(hidden, "model.hidden", 1)
-        blocks = _check_int(blocks, "model.blocks", 0)
-        scales = _check_int(scales, "model.scales", 1)
-        couplings = _check_int(couplings, "model.couplings", 1)
+        hidden = check_int(hidden, "model.hidden", 1, example=2)
+        blocks = check_int(blocks, "model.blocks", 0, example=2)
+        scales = check_int(scales, "model.scales", 1, example=2)
+        couplings = check_int(couplings, "model.couplings", 1, example=2)
         shape = _check_shape(shape, "realnvp", scales, "model.scales", scales - 1)
         super().__init__(shape, temperature, alpha, "realnvp")
         self.hidden, self.blocks, self.scales, self.couplings = hidden, blocks, scales, couplings
@@ -258,9 +252,9 @@ class Glow(_Flow):
         temperature: float = 1.0,
         alpha: float = 0.05,
     ) -> None:
-        hidden = _check_int(hidden, "model.hidden", 1)
-        steps = _check_int(steps, "model.steps", 1)
-        levels = _check_int(levels, "model.levels", 1)
+        hidden = check_int(hidden, "model.hidden", 1, example=2)
+        steps = check_int(steps, "model.steps", 1, example=2)
+        levels = check_int(levels, "model.levels", 1, example=2)
         shape = _check_shape(shape, "glow", levels, "model.levels", levels)
         super().__init__(shape, temperature, alpha, "glow")
         self.hidden, self.steps, self.levels = hidden, steps, levels

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, check_int
 from gentrain.models.base import AdversarialModel
-from gentrain.objectives.base import Batch, Objective, Phase, StepOutput, check_positive_int, mean_scalar
+from gentrain.objectives.base import Batch, Objective, Phase, StepOutput, mean_scalar
 
 
 class AdversarialObjective(Objective):
@@ -30,7 +30,7 @@ class AdversarialObjective(Objective):
     family = AdversarialModel
 
     def __init__(self, d_steps: int = 1, aux_weight: float = 1.0) -> None:
-        check_positive_int(d_steps, "objective.d_steps")
+        check_int(d_steps, "objective.d_steps")
         if float(aux_weight) < 0:
             raise GentrainError(f"objective.aux_weight must be >= 0, got {aux_weight!r}; e.g. objective.aux_weight=1.0")
         self.d_steps = d_steps

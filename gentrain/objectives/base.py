@@ -72,10 +72,4 @@ def mean_scalar(t: Tensor) -> Tensor:
     return t.detach().float().mean()
 
 
-def check_positive_int(value: int, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GentrainError(f"{key} must be an integer >= 1, got {value!r}; e.g. {key}=1")
-    return value
-
-
-__all__ = ["Batch", "Objective", "Phase", "StepOutput", "mean_scalar", "check_positive_int"]
+__all__ = ["Batch", "Objective", "Phase", "StepOutput", "mean_scalar"]
