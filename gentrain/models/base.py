@@ -73,6 +73,16 @@ class GenerativeModel(nn.Module):
         return next(self.parameters()).device
 
 
+def spectral_norm_(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every convolution and linear layer of ``module``, in place."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            setattr(module, name, nn.utils.parametrizations.spectral_norm(child))
+        else:
+            spectral_norm_(child)
+    return module
+
+
 class AdversarialModel(GenerativeModel):
     """A generator ``G(z, y) -> x`` and a discriminator (critic) ``D(x, y) -> (logit [B], class logits [B, K] or None)``.
 
@@ -82,10 +92,10 @@ class AdversarialModel(GenerativeModel):
 
     num_classes: int | None = None
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, z_dim: int) -> None:
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, z_dim: int, spectral_norm: bool = False) -> None:
         super().__init__()
         self.generator = generator
-        self.discriminator = discriminator
+        self.discriminator = spectral_norm_(discriminator) if spectral_norm else discriminator
         self.z_dim = z_dim
 
     @property

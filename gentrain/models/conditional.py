@@ -33,7 +33,6 @@ from gentrain.models.gan import (
     dcgan_init_,
     mlp_discriminator,
     mlp_generator,
-    spectral_norm_,
 )
 
 
@@ -126,7 +125,7 @@ class ConditionalGAN(AdversarialModel):
         _check_d_norm(d_norm)
         generator = _conditional_generator(self.config_name, shape, num_classes, z_dim, embed_dim, g_width, mlp_g_widths)
         discriminator = self._discriminator(shape, num_classes, embed_dim, d_width, d_norm, mlp_d_widths)
-        super().__init__(generator, spectral_norm_(discriminator) if spectral_norm else discriminator, z_dim)
+        super().__init__(generator, discriminator, z_dim, spectral_norm)
         self.num_classes = num_classes
         self.embed_dim = embed_dim
 
@@ -180,8 +179,7 @@ class ACGAN(ConditionalGAN):
         self, shape: tuple[int, ...], num_classes: int, embed_dim: int, d_width: int, d_norm: str, mlp_d_widths: Sequence[int]
     ) -> nn.Module:
         if len(shape) == 1:
-            net = mlp_discriminator(shape, list(mlp_d_widths))
-            net[-1] = nn.Linear(net[-1].in_features, 1 + num_classes)  # both heads on the shared trunk
+            net = mlp_discriminator(shape, list(mlp_d_widths), out_features=1 + num_classes)  # both heads on one trunk
         else:
             net = dcgan_discriminator(shape, d_width, d_norm, out_channels=1 + num_classes)
             dcgan_init_(net)

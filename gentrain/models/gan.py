@@ -59,14 +59,14 @@ def mlp_generator(z_dim: int, shape: Sequence[int], widths: Sequence[int], batch
     return nn.Sequential(*layers)
 
 
-def mlp_discriminator(shape: Sequence[int], widths: Sequence[int]) -> nn.Sequential:
-    """data [B, *shape] -> widths... -> logit [B, 1]; LeakyReLU(0.2), no sigmoid (objectives work on logits)."""
+def mlp_discriminator(shape: Sequence[int], widths: Sequence[int], out_features: int = 1) -> nn.Sequential:
+    """data [B, *shape] -> widths... -> logit [B, out_features]; LeakyReLU(0.2), no sigmoid (objectives work on logits)."""
     layers: list[nn.Module] = [nn.Flatten()]
     d_in = _numel(shape)
     for width in widths:
         layers += [nn.Linear(d_in, width), nn.LeakyReLU(0.2)]
         d_in = width
-    layers.append(nn.Linear(d_in, 1))
+    layers.append(nn.Linear(d_in, out_features))
     return nn.Sequential(*layers)
 
 
@@ -83,10 +83,8 @@ class GanMLP(AdversarialModel):
         spectral_norm: bool = False,
     ) -> None:
         shape = _check_shape(shape)
-        discriminator = mlp_discriminator(shape, list(d_widths))
-        super().__init__(
-            mlp_generator(z_dim, shape, list(g_widths), g_batchnorm), spectral_norm_(discriminator) if spectral_norm else discriminator, z_dim
-        )
+        discriminator = mlp_discriminator(shape, list(d_widths))  # first: the seeded initialisation draws D, then G
+        super().__init__(mlp_generator(z_dim, shape, list(g_widths), g_batchnorm), discriminator, z_dim, spectral_norm)
 
 
 def dcgan_layout(size: int) -> tuple[int, int]:
@@ -161,16 +159,6 @@ def dcgan_discriminator(shape: Sequence[int], width: int, norm: str = "batch", o
     return nn.Sequential(*layers)
 
 
-def spectral_norm_(module: nn.Module) -> nn.Module:
-    """Spectral normalisation (Miyato et al. 2018) of every convolution and linear layer of ``module``, in place."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            setattr(module, name, nn.utils.parametrizations.spectral_norm(child))
-        else:
-            spectral_norm_(child)
-    return module
-
-
 def dcgan_init_(module: nn.Module) -> None:
     """DCGAN initialisation: convolutions N(0, 0.02), batch-norm scales N(1, 0.02), biases 0."""
     for m in module.modules():
@@ -212,7 +200,7 @@ class DCGAN(AdversarialModel):
             generator, discriminator = dcgan_generator(z_dim, shape, g_width), dcgan_discriminator(shape, d_width, d_norm)
             dcgan_init_(generator)
             dcgan_init_(discriminator)
-        super().__init__(generator, spectral_norm_(discriminator) if spectral_norm else discriminator, z_dim)
+        super().__init__(generator, discriminator, z_dim, spectral_norm)
 
 
 def _check_square(name: str, shape: tuple[int, ...]) -> None:
