@@ -19,6 +19,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import gentrain.data as data
+import gentrain.data.base as base
+import gentrain.data.images as images
+from gentrain.build import compose as compose_app
 from gentrain.data import (
     CIFAR10,
     MNIST,
@@ -127,11 +130,12 @@ def test_toy_config_errors() -> None:
     assert_one_line_error(e, "dataset.num_classes=null")
 
 
-@pytest.mark.parametrize("split", ["val", "validation", "", "TRAIN"])
+@pytest.mark.parametrize("split", ["validation", "", "TRAIN"])
 def test_unknown_split(split: str) -> None:
     with pytest.raises(GentrainError) as e:
         Moons(**SMALL).load(split)
-    assert_one_line_error(e, "train", "test")
+    assert_one_line_error(e, "train", "val", "test")
+    assert not Moons(**SMALL).has_split(split)
 
 
 # -------------------------------------------------------------------------------------- digits
@@ -484,4 +488,212 @@ def test_image_folder_config_interpolation(labelled: Path) -> None:
     cfg = compose("image_folder", path=str(labelled), size=8, channels=1)
     ds = instantiate(cfg.dataset)
     assert ds.shape == (1, 8, 8)
-    assert ds.load("train").x.shape == (4, 1, 8, 8)
+    assert ds.load("train").x.shape == (3, 1, 8, 8)  # the YAML's val_fraction=0.1 holds out 1 of the 4
+    assert ds.load("val").x.shape == (1, 1, 8, 8)
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def raw_train(ds: Dataset) -> DataSplit:
+    """The dataset's whole training data, as it was before the validation split existed."""
+    return ds._load("train")
+
+
+def val_mask(raw: DataSplit, val: DataSplit) -> torch.Tensor:
+    """Which raw train examples are in ``val``, found by matching rows (no two raw examples are equal here)."""
+    flat_raw, flat_val = raw.x.flatten(1), val.x.flatten(1)
+    matches = (flat_raw[:, None] == flat_val[None]).all(dim=2)  # [n_raw, n_val]
+    assert (matches.sum(dim=0) == 1).all()  # every val example is one raw example
+    return matches.any(dim=1)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: Digits(val_fraction=0.1), lambda: Ring8(**SMALL, val_fraction=0.2)], ids=["digits", "ring8"]
+)
+def test_val_is_a_disjoint_part_of_train(make: object) -> None:
+    ds = make()
+    raw = raw_train(ds)
+    train, val = ds.load("train"), ds.load("val")
+    n_val = round(len(raw) * ds.val_fraction)
+    assert len(val) == n_val and len(train) == len(raw) - n_val
+    held_out = val_mask(raw, val)
+    assert int(held_out.sum()) == n_val
+    # Disjoint, complete, raw order kept within each part, labels following their samples.
+    assert torch.equal(val.x, raw.x[held_out]) and torch.equal(train.x, raw.x[~held_out])
+    assert torch.equal(val.y, raw.y[held_out]) and torch.equal(train.y, raw.y[~held_out])
+    assert train.x.dtype == raw.x.dtype and train.y.dtype == torch.int64
+    # The test split is untouched.
+    assert torch.equal(ds.load("test").x, ds._load("test").x)
+
+
+def test_val_without_labels() -> None:
+    ds = SwissRoll(**SMALL, val_fraction=0.1)
+    train, val = ds.load("train"), ds.load("val")
+    assert train.y is None and val.y is None
+    assert (len(train), len(val)) == (2700, 300)
+    raw = raw_train(ds)
+    held_out = val_mask(raw, val)
+    assert torch.equal(val.x, raw.x[held_out]) and torch.equal(train.x, raw.x[~held_out])
+
+
+def test_val_seed_is_fixed() -> None:
+    """Every object of a dataset holds out the same examples, whatever the global RNG state."""
+    torch.manual_seed(1)
+    first = Digits(val_fraction=0.1).load("val")
+    torch.manual_seed(2)
+    again = Digits(val_fraction=0.1).load("val")
+    assert torch.equal(first.x, again.x) and torch.equal(first.y, again.y)
+    # ... and it depends only on (n, val_fraction), not on the dataset's own sampling seed.
+    assert torch.equal(Moons(**SMALL, seed=1, val_fraction=0.1)._val_mask(3000),
+                       Moons(**SMALL, seed=2, val_fraction=0.1)._val_mask(3000))
+
+
+def test_val_does_not_touch_global_rng() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Digits(val_fraction=0.1).load("val")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_val_fraction_zero_is_the_old_train_split() -> None:
+    ds = Digits()
+    assert ds.val_fraction == 0.0 and not ds.has_split("val")
+    assert ds.has_split("train") and ds.has_split("test")
+    train = ds.load("train")
+    assert torch.equal(train.x, raw_train(ds).x) and torch.equal(train.y, raw_train(ds).y)
+    assert torch.equal(Ring8(**SMALL).load("train").x, raw_train(Ring8(**SMALL)).x)
+    with pytest.raises(GentrainError) as e:
+        ds.load("val")
+    assert_one_line_error(e, "dataset 'digits' has no validation split", "dataset.val_fraction=0.1")
+
+
+def test_val_sizes_round_and_at_least_one() -> None:
+    assert len(Moons(n_train=10, n_test=2, val_fraction=0.01).load("val")) == 1  # round(0.1) = 0 -> 1
+    assert len(Moons(n_train=10, n_test=2, val_fraction=0.26).load("val")) == 3
+    ds = Moons(n_train=10, n_test=2, val_fraction=0.26)
+    assert ds.has_split("val") and len(ds.load("train")) == 7
+
+
+@pytest.mark.parametrize("value", [1.0, 1.5, -0.1, float("nan"), "0.1", None, True])
+def test_val_fraction_must_be_in_unit_interval(value: object) -> None:
+    with pytest.raises(GentrainError) as e:
+        Digits(val_fraction=value)
+    assert_one_line_error(e, f"dataset.val_fraction must be in [0, 1), got {value!r}", "dataset.val_fraction=0.1")
+
+
+def test_val_fraction_leaving_no_training_example() -> None:
+    ds = Moons(n_train=1, n_test=1, val_fraction=0.1)
+    for split in ("train", "val"):
+        with pytest.raises(GentrainError) as e:
+            ds.load(split)
+        assert_one_line_error(e, "dataset.val_fraction=0.1", "leaves none to train on", "lower dataset.val_fraction")
+    assert len(ds.load("test")) == 1
+
+
+def test_raw_train_split_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    original = Digits._load
+
+    def counting(self: Digits, split: str) -> DataSplit:
+        reads.append(split)
+        return original(self, split)
+
+    monkeypatch.setattr(Digits, "_load", counting)
+    ds = Digits(val_fraction=0.1)
+    train, val = ds.load("train"), ds.load("val")
+    ds.load("train")
+    assert reads == ["train"]
+    ds.load("test")
+    assert reads == ["train", "test"]
+    # A caller's in-place change corrupts neither the cache nor the other split.
+    expected_train, expected_val = train.x.clone(), val.x.clone()
+    train.x.zero_(), train.y.zero_(), val.x.zero_()
+    assert torch.equal(ds.load("train").x, expected_train) and torch.equal(ds.load("val").x, expected_val)
+    assert int(ds.load("train").y.max()) == 9
+    # val_fraction=0 also hands out copies.
+    plain = Digits()
+    plain.load("train").x.zero_()
+    assert int(plain.load("train").x.max()) == 255
+
+
+def test_mnist_files_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = write_mnist_like(tmp_path / "MNIST" / "raw", seed=0, n_train=12)
+    reads: list[str] = []
+    monkeypatch.setattr(images, "read_idx", lambda path: reads.append(Path(path).name) or read_idx(path))
+    ds = MNIST(root=str(tmp_path), val_fraction=0.25)
+    train, val = ds.load("train"), ds.load("val")
+    assert reads == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert (len(train), len(val)) == (9, 3)
+    held_out = ds._val_mask(12)
+    check_pixels(val, arrays["train"][0][held_out.numpy()], arrays["train"][1][held_out.numpy()])
+    check_pixels(train, arrays["train"][0][~held_out.numpy()], arrays["train"][1][~held_out.numpy()])
+
+
+def test_cifar10_val(tmp_path: Path) -> None:
+    write_cifar(tmp_path, seed=0)
+    ds = CIFAR10(root=str(tmp_path), val_fraction=0.1)
+    raw = raw_train(ds)
+    train, val = ds.load("train"), ds.load("val")
+    assert (len(train), len(val)) == (9, 1)
+    held_out = ds._val_mask(10)
+    assert torch.equal(val.x, raw.x[held_out]) and torch.equal(train.y, raw.y[~held_out])
+
+
+def values(split: DataSplit) -> list[int]:
+    """The grey level of each image of ``split`` (each test image is one flat colour)."""
+    return [int(x[0, 0, 0]) for x in split.x]
+
+
+def test_image_folder_val_and_split_note(tmp_path: Path) -> None:
+    for i in range(10):
+        save(tmp_path / f"{i}.png", Image.new("RGB", (10, 10), (i, i, i)))
+    ds = ImageFolder(path=str(tmp_path), size=10, shape=[3, 10, 10], val_fraction=0.2)
+    train, val, test = ds.load("train"), ds.load("val"), ds.load("test")
+    assert len(val) == 2 and sorted(values(train) + values(val)) == list(range(10))
+    assert values(test) == list(range(10))  # no held-out test images: "test" is the whole folder
+    note = ds.split_note("test")
+    assert note is not None and "\n" not in note
+    for needle in ("no held-out test images", "(dataset.test_fraction=0)", "training images",
+                   "dataset.test_fraction=0.1"):
+        assert needle in note
+    assert ds.split_note("train") is None and ds.split_note("val") is None
+    held = ImageFolder(path=str(tmp_path), size=10, shape=[3, 10, 10], test_fraction=0.3, val_fraction=0.3)
+    assert held.split_note("test") is None
+    train, val, test = held.load("train"), held.load("val"), held.load("test")
+    assert (len(train), len(val), len(test)) == (5, 2, 3)  # val: round(7 * 0.3) of the 7 non-test images
+    assert sorted(values(train) + values(val) + values(test)) == list(range(10))
+
+
+def test_split_note_default_and_repr() -> None:
+    ds = Digits(val_fraction=0.1)
+    assert all(ds.split_note(split) is None for split in base.SPLITS)
+    assert base.SPLITS == ("train", "val", "test") and data.SPLITS is base.SPLITS
+    assert "val_fraction=0.1" in repr(ds)
+
+
+@pytest.mark.parametrize(
+    "name, n_train, n_val",
+    [("digits", 1350, 150), ("ring8", 45000, 5000), ("grid25", 45000, 5000), ("swissroll", 45000, 5000),
+     ("moons", 45000, 5000)],
+)
+def test_yaml_default_val_sizes(name: str, n_train: int, n_val: int) -> None:
+    ds = instantiate(compose_app([f"dataset={name}"]).dataset)
+    assert ds.has_split("val")
+    assert len(ds.load("val")) == n_val and len(ds.load("train")) == n_train
+
+
+@pytest.mark.parametrize("name, n_raw, n_val", [("mnist", 60000, 5000), ("fashion_mnist", 60000, 5000),
+                                                ("cifar10", 50000, 5000), ("image_folder", 1000, 100)])
+def test_yaml_default_val_fraction_arithmetic(name: str, n_raw: int, n_val: int, tmp_path: Path) -> None:
+    overrides = [f"dataset={name}", *([f"dataset.path={tmp_path}"] if name == "image_folder" else [])]
+    ds = instantiate(compose_app(overrides).dataset)
+    mask = ds._val_mask(n_raw)
+    assert int(mask.sum()) == n_val
+
+
+def test_val_indices_are_pinned() -> None:
+    """The validation examples must not move between versions (numpy's RandomState stream is frozen)."""
+    held_out = Digits(val_fraction=0.1)._val_mask(1500).nonzero().flatten()
+    assert held_out[:5].tolist() == [15, 30, 35, 52, 73] and len(held_out) == 150

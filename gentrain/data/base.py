@@ -7,20 +7,44 @@ A dataset is a small object built by ``hydra.utils.instantiate(cfg.dataset)``. I
 * vectors (toy sets): ``x`` float32 ``[N, D]``,
 * ``y`` int64 ``[N]`` class labels, or ``None`` when the set has none.
 
-Subclasses implement :meth:`Dataset._load`; :meth:`Dataset.load` wraps it with the
-checks that turn a wrong config or wrong files into a one-line :class:`GentrainError`.
+Three splits (:data:`SPLITS`):
+
+* ``"train"``: what the model is fitted on - the dataset's own training data minus the
+  validation examples;
+* ``"val"``: ``round(N * val_fraction)`` examples (at least one) held out from the dataset's own
+  training data. In-training evaluation and the choice of ``best.pt`` use it, so that model
+  selection never looks at the test split;
+* ``"test"``: the dataset's own test data, untouched, for the final report and ``task=eval``.
+
+The validation examples are chosen by a permutation seeded with the fixed :data:`VAL_SEED`,
+never by a trainer seed, so every run on a dataset (with the same ``val_fraction``) is
+selected on the same examples. ``val_fraction=0`` (the class default, so configs from before
+the split existed keep their meaning) means no "val" split and "train" is all the training data.
+
+Subclasses implement :meth:`Dataset._load` for their own ``"train"`` and ``"test"`` data;
+:meth:`Dataset.load` carves "val" out of "train" and adds the checks that turn a wrong config
+or wrong files into a one-line :class:`GentrainError`.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from gentrain.errors import GentrainError
 
-SPLITS: tuple[str, ...] = ("train", "test")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+#: Seed of the permutation that picks the validation examples. Fixed, and independent of every
+#: trainer seed, so a dataset's validation set is the same in every run; changing it changes
+#: every dataset's "train" and "val". The permutation comes from numpy's ``RandomState``, whose
+#: stream numpy keeps frozen across versions (NEP 19), so upgrades do not move the split either.
+VAL_SEED: int = 2_718_281
 
 
 @dataclass
@@ -39,15 +63,23 @@ class DataSplit:
 
 
 class Dataset:
-    """Base class: holds the config keys shared by every dataset and checks what ``load`` returns.
+    """Base class: holds the config keys shared by every dataset, serves the three splits and
+    checks what ``load`` returns.
+
+    The subclass's own training data (the "raw train split") is read once per object and kept
+    in memory: "train" and "val" are both cut from it, so loading both costs one read.
 
     Args:
         name: short identifier used in run names and logs, e.g. ``"fashion_mnist"``.
         shape: shape of one sample, ``(C, H, W)`` for images or ``(D,)`` for vectors.
         num_classes: number of classes, or ``None`` when the set has no labels.
+        val_fraction: fraction of the raw train split held out as "val", in [0, 1); 0 means
+            no validation split.
     """
 
-    def __init__(self, name: str, shape: Sequence[int], num_classes: int | None) -> None:
+    def __init__(
+        self, name: str, shape: Sequence[int], num_classes: int | None, val_fraction: float = 0.0
+    ) -> None:
         self.name = str(name)
         # YAML gives a list (a ListConfig under Hydra); a tuple of plain ints is hashable and
         # compares equal to ``tensor.shape[1:]``.
@@ -63,28 +95,88 @@ class Dataset:
                 f"dataset.num_classes={self._num_classes} must be positive; "
                 "set dataset.num_classes=null for a set without labels"
             )
+        self.val_fraction = _check_val_fraction(val_fraction)
+        self._raw_train: DataSplit | None = None
 
     @property
     def num_classes(self) -> int | None:
         """Number of classes (labels are ``0..num_classes-1``), or ``None`` if unlabelled."""
         return self._num_classes
 
-    def load(self, split: str) -> DataSplit:
-        """Return the whole ``split`` (``"train"`` or ``"test"``) as CPU tensors.
+    def has_split(self, split: str) -> bool:
+        """Whether ``load(split)`` can succeed by config: "train" and "test" always, "val" only
+        when ``val_fraction > 0``. Does not read any data."""
+        return split in SPLITS and (split != "val" or self.val_fraction > 0)
 
-        Raises GentrainError for an unknown split, missing or broken data, or data that
+    def split_note(self, split: str) -> str | None:
+        """A caveat that evaluation attaches to every result computed against ``split``, or None.
+
+        None here; a dataset whose split is not what its name promises (e.g. an image folder
+        whose "test" is its training images) says so.
+        """
+        return None
+
+    def load(self, split: str) -> DataSplit:
+        """Return the whole ``split`` (``"train"``, ``"val"`` or ``"test"``) as CPU tensors.
+
+        "train" and "val" are disjoint, keep the raw order within each, and together are exactly
+        the raw train split (labels follow their samples). Every call returns new tensors, so a
+        caller may change them in place.
+
+        Raises GentrainError for an unknown split, "val" without ``val_fraction``, a
+        ``val_fraction`` that leaves no training example, missing or broken data, or data that
         does not match ``shape`` / ``num_classes``.
         """
         if split not in SPLITS:
             raise GentrainError(
                 f"unknown split {split!r} for dataset '{self.name}'; use one of {', '.join(SPLITS)}"
             )
-        data = self._load(split)
-        self._check(data)
-        return data
+        if not self.has_split(split):
+            raise GentrainError(
+                f"dataset '{self.name}' has no validation split (dataset.val_fraction=0); "
+                "set dataset.val_fraction=0.1"
+            )
+        if split == "test":
+            data = self._load("test")
+            self._check(data)
+            return data
+        raw = self._raw_train_split()
+        if self.val_fraction == 0:
+            return DataSplit(x=raw.x.clone(), y=None if raw.y is None else raw.y.clone())
+        keep = self._val_mask(len(raw))
+        if split == "train":
+            keep = ~keep
+        # Boolean indexing copies and keeps the raw order: the cache stays private.
+        return DataSplit(x=raw.x[keep], y=None if raw.y is None else raw.y[keep])
+
+    def _raw_train_split(self) -> DataSplit:
+        """The subclass's whole training data, read and checked on first use, then cached."""
+        if self._raw_train is None:
+            raw = self._load("train")
+            self._check(raw)
+            self._raw_train = raw
+        return self._raw_train
+
+    def _val_mask(self, n: int) -> torch.Tensor:
+        """Bool ``[n]``: True for the raw train examples held out as "val" (``val_fraction > 0``).
+
+        ``round(n * val_fraction)`` of them (at least one), picked by a permutation seeded with
+        :data:`VAL_SEED`, so the choice depends on ``n`` and ``val_fraction`` only (and leaves the
+        global RNGs alone).
+        """
+        n_val = max(1, round(n * self.val_fraction))
+        if n_val >= n:
+            raise GentrainError(
+                f"dataset.val_fraction={self.val_fraction} holds out {n_val} of the {n} training examples of "
+                f"dataset '{self.name}' and leaves none to train on; lower dataset.val_fraction (or set it to 0)"
+            )
+        permutation = np.random.RandomState(VAL_SEED).permutation(n)
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[torch.from_numpy(permutation[:n_val])] = True
+        return mask
 
     def _load(self, split: str) -> DataSplit:
-        """Produce the split; ``split`` is already validated."""
+        """Produce the subclass's own ``"train"`` (all of it, "val" included) or ``"test"`` data."""
         raise NotImplementedError
 
     def _check(self, data: DataSplit) -> None:
@@ -123,5 +215,12 @@ class Dataset:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, shape={self.shape}, "
-            f"num_classes={self._num_classes})"
+            f"num_classes={self._num_classes}, val_fraction={self.val_fraction})"
         )
+
+
+def _check_val_fraction(value: Any) -> float:
+    """``value`` as a float if it is a number in [0, 1) (booleans are not); else one line naming the fix."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise GentrainError(f"dataset.val_fraction must be in [0, 1), got {value!r}; e.g. dataset.val_fraction=0.1")
+    return float(value)

@@ -5,6 +5,9 @@
 * :class:`CIFAR10` - the "python version" pickled batches, read by our own reader.
 * :class:`ImageFolder` - any folder of image files.
 
+Each reads its own "train" and "test" data; "val" is held out of "train" by
+:class:`~gentrain.data.base.Dataset` (``val_fraction``).
+
 The file readers are our own: torchvision is imported only to *download* missing files, so a
 copy put in place by hand (or by a Debian package) never needs torchvision's checksums.
 """
@@ -113,9 +116,15 @@ class _IdxImageDataset(Dataset):
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
     def __init__(
-        self, name: str, shape: Sequence[int], num_classes: int | None, root: str | None, download: bool
+        self,
+        name: str,
+        shape: Sequence[int],
+        num_classes: int | None,
+        root: str | None,
+        download: bool,
+        val_fraction: float,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes)
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
         self.root = Path(_default_root() if root is None else root)
         self.download = bool(download)
 
@@ -190,10 +199,11 @@ class MNIST(_IdxImageDataset):
     """MNIST handwritten digits, 60,000 train / 10,000 test, uint8 ``[N, 1, 28, 28]``, 10 classes.
 
     Files: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` in ``root/MNIST/raw``
-    (torchvision's layout).
+    (torchvision's layout). The YAML holds out the conventional 5,000 of the 60,000 training
+    images as "val".
 
     Args:
-        name, shape, num_classes: see :class:`~gentrain.data.base.Dataset`.
+        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`.
         root: data folder; None means ``$GENTRAIN_DATA`` or ``data``.
         download: if the files are missing, download them with torchvision.
     """
@@ -208,8 +218,11 @@ class MNIST(_IdxImageDataset):
         num_classes: int | None = 10,
         root: str | None = None,
         download: bool = False,
+        val_fraction: float = 0.0,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes, root=root, download=download)
+        super().__init__(
+            name=name, shape=shape, num_classes=num_classes, root=root, download=download, val_fraction=val_fraction
+        )
 
 
 class FashionMNIST(_IdxImageDataset):
@@ -217,10 +230,11 @@ class FashionMNIST(_IdxImageDataset):
 
     Files: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, looked up first in
     ``system_dir`` (where Debian's ``dataset-fashion-mnist`` installs them), then in
-    ``root/FashionMNIST/raw`` (torchvision's layout).
+    ``root/FashionMNIST/raw`` (torchvision's layout). The YAML holds out 5,000 of the 60,000
+    training images as "val", as is conventional for MNIST.
 
     Args:
-        name, shape, num_classes: see :class:`~gentrain.data.base.Dataset`.
+        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`.
         root: data folder; None means ``$GENTRAIN_DATA`` or ``data``.
         download: if the files are missing, download them with torchvision into ``root``.
         system_dir: system-wide copy, searched first.
@@ -237,8 +251,11 @@ class FashionMNIST(_IdxImageDataset):
         root: str | None = None,
         download: bool = False,
         system_dir: str = "/usr/share/datasets/fashion-mnist",
+        val_fraction: float = 0.0,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes, root=root, download=download)
+        super().__init__(
+            name=name, shape=shape, num_classes=num_classes, root=root, download=download, val_fraction=val_fraction
+        )
         self.system_dir = Path(system_dir)
 
     def _search_dirs(self) -> list[Path]:
@@ -263,10 +280,11 @@ class CIFAR10(Dataset):
 
     Reads the "python version" batches ``root/cifar-10-batches-py/{data_batch_1..5,test_batch}``:
     pickled dicts with ``b"data"`` uint8 ``[N, 3072]`` (R, G, B planes of 32x32) and
-    ``b"labels"``. Unpickling can run code, so only point ``root`` at files you trust.
+    ``b"labels"``. Unpickling can run code, so only point ``root`` at files you trust. The YAML
+    holds out 5,000 of the 50,000 training images as "val".
 
     Args:
-        name, shape, num_classes: see :class:`~gentrain.data.base.Dataset`.
+        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`.
         root: data folder; None means ``$GENTRAIN_DATA`` or ``data``.
         download: if batches are missing, download and unpack them with torchvision into ``root``.
     """
@@ -280,8 +298,9 @@ class CIFAR10(Dataset):
         num_classes: int | None = 10,
         root: str | None = None,
         download: bool = False,
+        val_fraction: float = 0.0,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes)
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
         self.root = Path(_default_root() if root is None else root)
         self.download = bool(download)
 
@@ -352,16 +371,22 @@ class Digits(Dataset):
     Embedded in the package as ``gentrain/data/assets/digits.npz`` (built by
     ``scripts/make_digits_asset.py`` from ``sklearn.datasets.load_digits``; pixels 0..16 mapped
     to ``round(v * 255 / 16)``). Fixed split: the first 1,500 samples are train, the remaining
-    297 are test.
+    297 are test; the YAML holds out 150 of the 1,500 as "val".
 
     Args:
-        name, shape, num_classes: see :class:`~gentrain.data.base.Dataset`.
+        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`.
     """
 
     N_TRAIN = 1500
 
-    def __init__(self, name: str = "digits", shape: Sequence[int] = (1, 8, 8), num_classes: int | None = 10) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes)
+    def __init__(
+        self,
+        name: str = "digits",
+        shape: Sequence[int] = (1, 8, 8),
+        num_classes: int | None = 10,
+        val_fraction: float = 0.0,
+    ) -> None:
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
 
     def _load(self, split: str) -> DataSplit:
         images, labels = _digits_asset()
@@ -398,13 +423,16 @@ class ImageFolder(Dataset):
     classes 0..K-1 and ``num_classes`` may be left null (it is then inferred as K); otherwise
     there are no labels (``y=None``) and ``num_classes`` must be null.
 
-    Split: with ``test_fraction=0`` (the default) there is no held-out data and **"test"
-    returns the same images as "train"**. Otherwise ``round(N * test_fraction)`` images (at
-    least one), chosen by a permutation seeded with ``seed``, form "test" and the rest "train".
+    Split: with ``test_fraction=0`` (the default) there are no held-out test images and
+    **"test" returns every image of the folder**, the training images (and the "val" ones)
+    included; :meth:`split_note` then says so on every result computed against "test".
+    Otherwise ``round(N * test_fraction)`` images (at least one), chosen by a permutation seeded
+    with ``seed``, form "test" and the rest the raw train split. "val" is then held out of that
+    raw train split (``val_fraction``, see :class:`~gentrain.data.base.Dataset`).
 
     Args:
-        name, shape, num_classes: see :class:`~gentrain.data.base.Dataset`; shape must be
-            ``[channels, size, size]``.
+        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`; shape
+            must be ``[channels, size, size]``.
         path: folder of images.
         size: output height and width.
         channels: 3 for RGB, 1 for grayscale.
@@ -425,8 +453,9 @@ class ImageFolder(Dataset):
         channels: int = 3,
         test_fraction: float = 0.0,
         seed: int = 0,
+        val_fraction: float = 0.0,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes)
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
         self.path = str(path)
         self.size = int(size)
         self.channels = int(channels)
@@ -478,6 +507,16 @@ class ImageFolder(Dataset):
             self._classes = sorted({r.parts[0] for r in rel}) if labelled else None
             self._files = [root / r for r in rel]
         return self._files, self._classes
+
+    def split_note(self, split: str) -> str | None:
+        """For "test" without held-out images (``test_fraction=0``): the reference is the training
+        images, so a test metric measures fit to them, not generalisation. None otherwise."""
+        if split != "test" or self.test_fraction > 0:
+            return None
+        return (
+            f"dataset.path={self.path!r} has no held-out test images (dataset.test_fraction=0), so the "
+            "reference is the training images; hold some out with dataset.test_fraction=0.1"
+        )
 
     def _split(self, n: int, split: str) -> torch.Tensor:
         """Sorted indices of ``split`` among ``n`` files."""

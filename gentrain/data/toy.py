@@ -3,7 +3,9 @@
 Every sample comes from a local ``torch.Generator`` seeded from the ``seed`` key, never from
 the global RNG, so a set is the same on every run and every device. The train split uses
 generator seed ``2 * seed`` and the test split ``2 * seed + 1``: the two splits are
-independent samples, and no (seed, split) pair reuses another's stream.
+independent samples, and no (seed, split) pair reuses another's stream. "val" is held out of
+the ``n_train`` training points (``val_fraction``, see :class:`~gentrain.data.base.Dataset`),
+so "train" has ``n_train`` points minus the "val" ones.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ class ToyDataset(Dataset):
     """Base for the 2-D toy sets: sizes, seeding and the ``[N, 2]`` shape check.
 
     Args:
-        name, shape, num_classes: see :class:`~gentrain.data.base.Dataset`; shape must be [2].
-        n_train: number of training samples.
+        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`; shape
+            must be [2].
+        n_train: number of training samples, the "val" ones included.
         n_test: number of test samples.
         seed: seed of the sampler; the same seed gives the same points.
     """
@@ -35,8 +38,9 @@ class ToyDataset(Dataset):
         n_train: int = 50000,
         n_test: int = 10000,
         seed: int = 0,
+        val_fraction: float = 0.0,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes)
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
         for key, n in (("n_train", n_train), ("n_test", n_test)):
             if int(n) < 1:
                 raise GentrainError(f"dataset.{key}={n} must be at least 1; set dataset.{key}=<positive count>")
@@ -97,10 +101,11 @@ class Ring8(GaussianMixture):
         seed: int = 0,
         radius: float = 2.0,
         std: float = 0.02,
+        val_fraction: float = 0.0,
     ) -> None:
         if num_classes is None:
             raise GentrainError("dataset.num_classes sets the number of ring modes; set dataset.num_classes=8")
-        super().__init__(name, shape, num_classes, n_train, n_test, seed)
+        super().__init__(name, shape, num_classes, n_train, n_test, seed, val_fraction)
         self.radius = float(radius)
         self.mode_std = _positive("std", std)
 
@@ -134,6 +139,7 @@ class Grid25(GaussianMixture):
         seed: int = 0,
         spacing: float = 2.0,
         std: float = 0.05,
+        val_fraction: float = 0.0,
     ) -> None:
         side = math.isqrt(int(num_classes)) if num_classes is not None and num_classes > 0 else 0
         if side < 1 or side * side != num_classes:
@@ -141,7 +147,7 @@ class Grid25(GaussianMixture):
                 f"dataset.num_classes={num_classes} is not a square number of grid modes; "
                 "set dataset.num_classes=25 (5 x 5) or another square"
             )
-        super().__init__(name, shape, num_classes, n_train, n_test, seed)
+        super().__init__(name, shape, num_classes, n_train, n_test, seed, val_fraction)
         self.side = side
         self.spacing = float(spacing)
         self.mode_std = _positive("std", std)
@@ -174,8 +180,9 @@ class SwissRoll(ToyDataset):
         n_test: int = 10000,
         seed: int = 0,
         noise: float = 0.05,
+        val_fraction: float = 0.0,
     ) -> None:
-        super().__init__(name, shape, num_classes, n_train, n_test, seed)
+        super().__init__(name, shape, num_classes, n_train, n_test, seed, val_fraction)
         self.noise = _non_negative("noise", noise)
 
     def _sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
@@ -205,10 +212,11 @@ class Moons(ToyDataset):
         n_test: int = 10000,
         seed: int = 0,
         noise: float = 0.05,
+        val_fraction: float = 0.0,
     ) -> None:
         if num_classes != 2:
             raise GentrainError(f"dataset.num_classes={num_classes} but moons has 2 classes; set dataset.num_classes=2")
-        super().__init__(name, shape, num_classes, n_train, n_test, seed)
+        super().__init__(name, shape, num_classes, n_train, n_test, seed, val_fraction)
         self.noise = _non_negative("noise", noise)
 
     def _sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
