@@ -19,6 +19,20 @@ each example) and back in :meth:`inverse`. Images are ``[B, C, H, W]``, vectors 
 
 Affine couplings use ``y = x * exp(s) + t`` with ``s = scale * tanh(raw)`` (a learned per-channel
 ``scale``, initially 1): the log-scale stays bounded, which keeps early training and sampling stable.
+
+Precision. Under a bf16 autocast (``device.precision=bf16``) everything that defines the density
+runs in float32: a log-density is only correct if each log-determinant is that of the map actually
+applied, and a sum of 16 LU log-dets taken from fp32 parameters while the weight is applied in bf16
+was off by ~4 nats per 8x8 image. So
+
+- the data stream through the layers is float32 (:func:`fp32` on entry to :class:`FlowSequence` and
+  :class:`MultiScaleFlow`; float64 stays float64), and so are the log-determinants and their sums;
+- :class:`InvertibleLinearLU` builds ``W`` and applies it with autocast off (:func:`autocast_off`),
+  the only matrix products of the flow itself (ActNorm, squeeze, couplings' affine maps, splits are
+  elementwise, which autocast leaves in float32);
+- the coupling networks (and SplitPrior's convolution) may run in bf16, for speed: they only
+  *parameterise* the map, and their outputs are cast to float32 once, before the same values
+  give both the transform and its log-determinant.
 """
 
 from __future__ import annotations
@@ -31,6 +45,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.models.likelihood import LOG_2PI, sum_except_batch
+
+
+def fp32(t: Tensor) -> Tensor:
+    """``t`` in float32 at least: half precision (autocast's outputs) becomes float32, float32 and float64 stay."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def autocast_off(t: Tensor) -> torch.autocast:
+    """A context with autocast off on ``t``'s device: matrix products and convolutions run in their inputs' dtype."""
+    return torch.autocast(t.device.type, enabled=False)
+
 
 def standard_normal_log_prob(eps: Tensor) -> Tensor:
     """``log N(eps; 0, I)`` per example: ``[B, ...] -> [B]``."""
@@ -48,13 +73,14 @@ class FlowLayer(nn.Module):
 
 
 class FlowSequence(FlowLayer):
-    """Layers applied in order; log-determinants add up."""
+    """Layers applied in order; log-determinants add up (in float32 at least, whatever the input's dtype)."""
 
     def __init__(self, layers: Sequence[FlowLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = fp32(x)
         log_det = x.new_zeros(x.shape[0])
         for layer in self.layers:
             x, ld = layer(x)
@@ -62,6 +88,7 @@ class FlowSequence(FlowLayer):
         return x, log_det
 
     def inverse(self, y: Tensor) -> Tensor:
+        y = fp32(y)
         for layer in reversed(self.layers):
             y = layer.inverse(y)
         return y
@@ -135,7 +162,7 @@ class CheckerboardCoupling(FlowLayer):
         self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
 
     def _st(self, x_cond: Tensor) -> tuple[Tensor, Tensor]:
-        raw, t = self.net(x_cond).chunk(2, dim=1)
+        raw, t = fp32(self.net(x_cond)).chunk(2, dim=1)
         inv = 1 - self.mask
         return _bounded_log_scale(raw, self.scale) * inv, t * inv
 
@@ -167,7 +194,7 @@ class HalfCoupling(FlowLayer):
         return torch.cat((other, cond) if self.flip else (cond, other), dim=1)
 
     def _st(self, cond: Tensor) -> tuple[Tensor, Tensor]:
-        raw, t = self.net(cond).chunk(2, dim=1)
+        raw, t = fp32(self.net(cond)).chunk(2, dim=1)
         return _bounded_log_scale(raw, self.scale), t
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -276,6 +303,9 @@ class InvertibleLinearLU(FlowLayer):
     U strictly upper triangular; ``log|det W| = sum(log|s|)``. On ``[B, C, H, W]`` it is a 1x1
     convolution (``log_det = H W sum(log|s|)``); on vectors ``[B, C]`` the linear map ``y = W x``
     (the 1-D analogue). Initialised from a random rotation, as in Glow.
+
+    ``W`` is built and applied with autocast off, in the parameters' dtype: the log-determinant
+    ``sum(log|s|)`` is then that of the map applied (a bf16 ``W`` is not).
     """
 
     P: Tensor
@@ -294,23 +324,27 @@ class InvertibleLinearLU(FlowLayer):
         self.log_s = nn.Parameter(torch.log(torch.abs(s)))
 
     def weight(self) -> Tensor:
-        """The ``[C, C]`` matrix ``W`` built from P, L and U."""
-        eye = torch.eye(self.P.shape[0], device=self.P.device, dtype=self.L.dtype)
-        lower = self.L * self.lower_mask + eye
-        upper = self.U * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return self.P @ lower @ upper
+        """The ``[C, C]`` matrix ``W`` built from P, L and U, in the parameters' dtype."""
+        with autocast_off(self.L):
+            eye = torch.eye(self.P.shape[0], device=self.P.device, dtype=self.L.dtype)
+            lower = self.L * self.lower_mask + eye
+            upper = self.U * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+            return self.P @ lower @ upper
 
     def _mix(self, x: Tensor, w: Tensor) -> Tensor:
-        if x.dim() == 4:
-            return F.conv2d(x, w.view(*w.shape, 1, 1))
-        return x @ w.T
+        x = fp32(x)
+        with autocast_off(x):
+            if x.dim() == 4:
+                return F.conv2d(x, w.view(*w.shape, 1, 1))
+            return x @ w.T
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pixels = x[0, 0].numel()
         return self._mix(x, self.weight()), (pixels * self.log_s.sum()).expand(x.shape[0])
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self._mix(y, torch.linalg.inv(self.weight()))
+        with autocast_off(y):
+            return self._mix(y, torch.linalg.inv(self.weight()))
 
 
 class ZeroConv2d(nn.Module):
@@ -379,7 +413,7 @@ class SplitPrior(FlowLayer):
         self.conv = ZeroConv2d(half, 2 * half)
 
     def _prior(self, z_a: Tensor) -> tuple[Tensor, Tensor]:
-        mean, log_std = self.conv(z_a).chunk(2, dim=1)
+        mean, log_std = fp32(self.conv(z_a)).chunk(2, dim=1)
         return mean, log_std
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -417,6 +451,7 @@ class MultiScaleFlow(nn.Module):
         return sum(self.sizes)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = fp32(x)
         log_det = x.new_zeros(x.shape[0])
         parts = []
         last = len(self.stages) - 1
@@ -430,7 +465,7 @@ class MultiScaleFlow(nn.Module):
         return torch.cat(parts, dim=1), log_det
 
     def inverse(self, eps: Tensor) -> Tensor:
-        parts = eps.split(self.sizes, dim=1)
+        parts = fp32(eps).split(self.sizes, dim=1)
         b = eps.shape[0]
         x = parts[-1].reshape(b, *self.out_shapes[-1])
         x = self.stages[-1].inverse(x)
@@ -456,6 +491,8 @@ __all__ = [
     "Squeeze",
     "VectorCoupling",
     "ZeroConv2d",
+    "autocast_off",
+    "fp32",
     "standard_normal_log_prob",
     "sum_except_batch",
 ]

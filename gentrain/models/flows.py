@@ -49,6 +49,7 @@ from gentrain.models.flow_layers import (
     SplitPrior,
     Squeeze,
     VectorCoupling,
+    fp32,
     standard_normal_log_prob,
 )
 from gentrain.models.likelihood import LOG_256, FlowModel, dequantize, inverse_logit_transform, logit_transform
@@ -114,7 +115,11 @@ class _Flow(FlowModel):
         return standard_normal_log_prob(eps) + log_det
 
     def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``[B]`` nats; for images the dequantized bound (``generator`` fixes the dequantization noise)."""
+        """``[B]`` nats; for images the dequantized bound (``generator`` fixes the dequantization noise).
+
+        Float32 under a bf16 autocast too (float64 stays float64): see :mod:`gentrain.models.flow_layers`.
+        """
+        x = fp32(x)
         if not self.image:
             return self.flow_log_prob(x)
         y = dequantize(x, generator).to(x.dtype)
