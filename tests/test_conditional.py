@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from gentrain.errors import GentrainError
 from gentrain.models.conditional import ACGAN, ConditionalGAN
 from gentrain.objectives.adversarial import NonSaturating
 from gentrain.objectives.base import Batch
+from gentrain.objectives.wasserstein import Wasserstein
 
 MODELS = [ConditionalGAN, ACGAN]
 OBJECTIVES = ["minimax", "non_saturating", "hinge", "wasserstein", "wasserstein_gp"]
@@ -117,7 +119,8 @@ def test_unlabelled_data_or_missing_classes_are_refused_at_start_up(train_run, m
 @pytest.mark.parametrize("model", ["cgan", "acgan"])
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_every_objective_trains_a_conditional_model(train_run, objective, model, dataset):
-    run_dir, report = train_run(tiny_overrides(model, dataset, objective, steps=2) + ["objective.d_steps=1"])
+    critic_norm = ["model.d_norm=layer"] if objective == "wasserstein_gp" else []  # the penalty refuses batch norm
+    run_dir, report = train_run(tiny_overrides(model, dataset, objective, steps=2) + ["objective.d_steps=1", *critic_norm])
     assert (run_dir / "samples" / "step_000002.png").is_file()
     (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(v)) for v in report["final"].values())
@@ -146,3 +149,60 @@ def test_acgan_auxiliary_loss_reaches_the_generator():
     assert aux.abs().sum() > 0
     torch.testing.assert_close(g1 - g0, aux)
     torch.testing.assert_close(g2 - g0, 2 * aux)
+
+
+CLIP = 0.01
+
+
+def critic_steps(model: ConditionalGAN, shape: tuple[int, ...], steps: int = 3) -> None:
+    """WGAN critic steps as the engine runs them: loss, backward, RMSprop step, then the objective's clipping."""
+    objective, optimizer = Wasserstein(clip=CLIP), torch.optim.RMSprop(model.discriminator.parameters(), lr=5e-5)
+    for _ in range(steps):
+        out = objective.step("D", model, Batch(torch.randn(16, *shape), torch.arange(16) % 10))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        objective.after_update("D", model)
+
+
+def label_spread(model: ConditionalGAN, shape: tuple[int, ...]) -> float:
+    """How far the critic's output for one x moves across the ten labels."""
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).expand(10, *shape)
+    with torch.no_grad():
+        f = model.eval().discriminate(x, torch.arange(10))[0]
+    return (f.max() - f.min()).item()
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2,)])
+def test_wgan_clipping_keeps_the_cgan_label_embedding_and_its_signal(shape):
+    model = tiny_model(ConditionalGAN, shape)
+    critic_steps(model, shape)
+    embed = model.discriminator.embed.weight
+    assert not any(w is embed for w in model.critic_weights())
+    assert all(w.abs().max() <= CLIP for w in model.critic_weights())
+    assert all(p.abs().max() <= CLIP for p in model.discriminator.net.parameters())  # every weight of f(., y) is clipped
+    assert embed.std() > 0.5 and embed.abs().max() > 100 * CLIP  # the label code keeps its N(0, 1) scale
+    # the label signal: with the embedding clipped too, the output would move about a hundred times less across labels
+    clipped = copy.deepcopy(model)
+    with torch.no_grad():
+        clipped.discriminator.embed.weight.clamp_(-CLIP, CLIP)
+    assert label_spread(model, shape) > 20 * label_spread(clipped, shape)
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2,)])
+def test_wgan_clipping_spares_the_acgan_class_head(shape, spectral_norm):
+    torch.manual_seed(0)
+    model = ACGAN(shape=shape, num_classes=10, spectral_norm=spectral_norm, **TINY_WIDTHS)
+    head = model.discriminator.net[-1]
+    weight, bias = (head.parametrizations.weight.original, head.bias) if spectral_norm else (head.weight, head.bias)
+    class_rows = weight[1:].detach().clone()
+    critic_steps(model, shape)
+    assert weight[0].abs().max() <= CLIP and bias[0].abs() <= CLIP  # the adversarial output: a weight of f
+    trunk = [p for p in model.discriminator.parameters() if p is not weight and p is not bias]
+    assert trunk and all(p.abs().max() <= CLIP for p in trunk)
+    assert weight[1:].abs().max() > 2 * CLIP  # the class head is not clipped...
+    assert not torch.equal(weight[1:], class_rows)  # ...and still trained (by the auxiliary cross-entropy)
+    views = model.critic_weights()[-2:]  # output 0 of the head: views sharing the parameters' storage
+    assert sorted(tuple(w.shape) for w in views) == [(1,), (1, *weight.shape[1:])]
+    assert {w.data_ptr() for w in views} == {weight.data_ptr(), bias.data_ptr()}

@@ -96,3 +96,10 @@ def test_fixed_generator_gives_fixed_samples():
     torch.randn(3)  # the global RNG moving on changes nothing
     b = model.sample(10, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_critic_weights_of_unconditional_models_are_every_discriminator_parameter(spectral_norm):
+    # what WGAN clips, as the paper's code: every parameter of the critic, batch-norm scales and shifts included
+    for model in (DCGAN(shape=(1, 8, 8), g_width=8, d_width=8, z_dim=8, spectral_norm=spectral_norm), GanMLP(shape=(2,), z_dim=4, g_widths=(8,), d_widths=(8,))):
+        assert list(map(id, model.critic_weights())) == list(map(id, model.discriminator.parameters()))

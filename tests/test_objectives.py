@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from gentrain.errors import GentrainError
 from gentrain.models.gan import GanMLP
-from gentrain.objectives.adversarial import Minimax, NonSaturating
+from gentrain.objectives.adversarial import AdversarialObjective, Hinge, Minimax, NonSaturating
 from gentrain.objectives.base import Batch, Phase
+from gentrain.objectives.wasserstein import Wasserstein, WassersteinGP
 
 
 def tiny_gan(seed: int = 0) -> GanMLP:
@@ -87,3 +88,28 @@ def test_logs_are_detached_scalars():
         assert all(v.dim() == 0 and not v.requires_grad for v in out.logs.values())
     d_logs = NonSaturating().step("D", model, Batch(torch.randn(16, 2))).logs
     assert 0 < d_logs["D_real"] < 1 and 0 < d_logs["D_fake"] < 1
+
+
+@pytest.mark.parametrize("objective", [Minimax(), NonSaturating(), Hinge(), Wasserstein(), WassersteinGP()], ids=lambda o: type(o).__name__)
+def test_d_outputs_are_logged_as_probabilities_only_where_they_are_ones(objective: AdversarialObjective):
+    # GAN losses: sigmoid(D(x)) is the probability that x is real; hinge and Wasserstein critics output unbounded scores
+    model, x = tiny_gan(), torch.randn(16, 2)
+    with torch.no_grad():
+        f_real = model.discriminate(x)[0]
+    torch.manual_seed(5)
+    d_logs = objective.step("D", model, Batch(x)).logs
+    torch.manual_seed(5)
+    with torch.no_grad():
+        f_fake = model.discriminate(model.generate(model.noise(16)))[0]
+    torch.manual_seed(5)
+    g_logs = objective.step("G", model, Batch(x)).logs
+    if isinstance(objective, (Minimax, NonSaturating)):
+        expected_d, expected_g = {"D_real": f_real.sigmoid().mean(), "D_fake": f_fake.sigmoid().mean()}, {"D_fake": f_fake.sigmoid().mean()}
+    else:
+        expected_d, expected_g = {"critic_real": f_real.mean(), "critic_fake": f_fake.mean()}, {"critic_fake": f_fake.mean()}
+    others = {"D_real", "D_fake", "critic_real", "critic_fake"}
+    assert others & set(d_logs) == set(expected_d) and others & set(g_logs) == set(expected_g)
+    for logs, expected in ((d_logs, expected_d), (g_logs, expected_g)):
+        for key, value in expected.items():
+            assert logs[key].dim() == 0 and not logs[key].requires_grad  # a device scalar: no host sync
+            torch.testing.assert_close(logs[key], value)

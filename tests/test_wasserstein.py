@@ -1,4 +1,4 @@
-"""Wasserstein, WGAN-GP and hinge objectives against hand computations; clipping bounds; the presets."""
+"""Wasserstein, WGAN-GP and hinge objectives against hand computations; clipping bounds; the fp32 penalty; the batch-norm refusal; the presets."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from conftest import make_config, tiny_overrides
+from gentrain.build import build_model, build_objective, build_optimizers
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 from gentrain.models.base import AdversarialModel
@@ -31,6 +32,30 @@ def test_gradient_penalty_on_images_uses_the_per_sample_norm():
     gp, norms = gradient_penalty(lambda v: 0.5 * (v**2).flatten(1).sum(1), x, x)
     expected = x.flatten(1).norm(dim=1)
     assert torch.allclose(norms, expected) and gp.item() == pytest.approx(((expected - 1) ** 2).mean().item(), rel=1e-6)
+
+
+def test_gradient_penalty_under_bf16_autocast_is_computed_in_float32():
+    # device.precision=bf16 runs the objective's step under autocast (the engine's backward runs after it):
+    # the penalty must still be the fp32 one
+    torch.manual_seed(0)
+    # smooth, without output bias: then grad_x f depends on every parameter, so each gets a gradient from the penalty
+    critic = nn.Sequential(nn.Linear(4, 32), nn.SiLU(), nn.Linear(32, 32), nn.SiLU(), nn.Linear(32, 1, bias=False))
+    params = list(critic.parameters())
+    x_real, x_fake = torch.randn(16, 4), torch.randn(16, 4).bfloat16()  # the generator's output is bf16 under autocast
+
+    def penalty(x_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return gradient_penalty(lambda x: critic(x).flatten(), x_real, x_fake, generator=torch.Generator().manual_seed(3))
+
+    gp32, norms32 = penalty(x_fake.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gp, norms = penalty(x_fake)
+    grads32, grads = torch.autograd.grad(gp32, params), torch.autograd.grad(gp, params)
+    assert gp.dtype == norms.dtype == torch.float32
+    torch.testing.assert_close(gp, gp32)  # float32 tolerances; bf16 would be off by about 1e-2
+    torch.testing.assert_close(norms, norms32)
+    for g, g32 in zip(grads, grads32):
+        assert g.dtype == torch.float32 and g.abs().sum() > 0  # the double backward reaches every critic weight
+        torch.testing.assert_close(g, g32)
 
 
 def test_gradient_penalty_trains_the_critic():
@@ -94,9 +119,9 @@ def test_clipping_keeps_every_critic_weight_in_bounds_after_every_critic_step(tr
     seen = []
     original = wasserstein.clip_weights_
 
-    def spy(module, c):
-        original(module, c)
-        seen.append(max(p.abs().max().item() for p in module.parameters()))
+    def spy(weights, c):
+        original(weights, c)
+        seen.append(max(w.abs().max().item() for w in weights))
 
     monkeypatch.setattr(wasserstein, "clip_weights_", spy)
     run_dir, _ = train_run(tiny_overrides("gan_mlp", "ring8", "wasserstein", steps=3) + ["objective.clip=0.05"])
@@ -110,7 +135,7 @@ def test_clipping_keeps_every_critic_weight_in_bounds_after_every_critic_step(tr
 def test_clip_weights_in_place():
     layer = nn.Linear(4, 4)
     nn.init.normal_(layer.weight, std=1.0)
-    clip_weights_(layer, 0.01)
+    clip_weights_(list(layer.parameters()), 0.01)
     assert layer.weight.abs().max() <= 0.01 and layer.bias.abs().max() <= 0.01
 
 
@@ -131,7 +156,11 @@ def test_presets_pick_architecture_objective_and_optimizer():
     assert cfg.model.d_norm == "layer" and cfg.model.optimizer.D.lr == 1e-4 and list(cfg.model.optimizer.D.betas) == [0.0, 0.9]
     cfg = make_config(["model=wgan"])
     assert cfg.objective._target_.endswith(".Wasserstein") and cfg.objective.clip == 0.01 and cfg.objective.d_steps == 5
-    assert cfg.model.optimizer.G._target_ == "torch.optim.RMSprop" and cfg.model.optimizer.G.lr == 5e-5
+    for phase in ("G", "D"):  # exactly RMSprop(lr=5e-5): nothing of dcgan's Adam (betas) is inherited
+        assert dict(cfg.model.optimizer[phase]) == {"_target_": "torch.optim.RMSprop", "_partial_": True, "lr": 5e-5}
+    # the architecture keys are dcgan's
+    dcgan = make_config(["model=dcgan"]).model
+    assert {k: v for k, v in cfg.model.items() if k != "optimizer"} == {k: v for k, v in dcgan.items() if k != "optimizer"}
     # every part can still be overridden
     cfg = make_config(["model=wgan_gp", "objective=hinge", "model.optimizer.D.lr=3e-4"])
     assert cfg.objective._target_.endswith("Hinge") and cfg.model.optimizer.D.lr == 3e-4
@@ -160,8 +189,14 @@ ADVERSARIAL = ["minimax", "non_saturating", "hinge", "wasserstein", "wasserstein
 @pytest.mark.parametrize("objective", ADVERSARIAL)
 @pytest.mark.parametrize("model,dataset", [("gan_mlp", "ring8"), ("dcgan", "digits")])
 def test_every_adversarial_objective_trains(train_run, model, dataset, objective):
-    run_dir, report = train_run(tiny_overrides(model, dataset, objective, steps=2) + ["objective.d_steps=2"])
+    critic_norm = ["model.d_norm=layer"] if (model, objective) == ("dcgan", "wasserstein_gp") else []  # no batch norm under the penalty
+    run_dir, report = train_run(tiny_overrides(model, dataset, objective, steps=2) + ["objective.d_steps=2", *critic_norm])
     assert report["run"]["steps"] == 2 and all(v == v for v in report["final"].values())  # no NaN
+    critic = objective in ("hinge", "wasserstein", "wasserstein_gp")  # raw critic outputs, not sigmoids
+    for key in ("train/D/critic_real", "train/D/critic_fake", "train/G/critic_fake"):
+        assert (key in report["final"]) == critic, key
+    for key in ("train/D/D_real", "train/D/D_fake", "train/G/D_fake"):
+        assert (key in report["final"]) != critic, key
     if objective.startswith("wasserstein"):
         assert "train/D/wasserstein" in report["final"] and "train/D/grad_norm" in report["final"]
     if objective == "wasserstein_gp":
@@ -172,3 +207,37 @@ def test_wgan_gp_preset_trains_with_spectral_norm_on_images(train_run):
     overrides = [o for o in tiny_overrides("dcgan", "digits", steps=2) if not o.startswith(("model=", "objective="))]
     run_dir, report = train_run(["model=wgan_gp", *overrides, "model.spectral_norm=true", "objective.d_steps=1"])
     assert report["run"]["model"] == "wgan_gp" and report["run"]["objective"] == "wasserstein_gp"
+
+
+def test_wgan_preset_trains_with_rmsprop(train_run):
+    # model=wgan used to stop at once: RMSprop got dcgan's Adam betas from the config merge
+    overrides = [o for o in tiny_overrides("dcgan", "digits", steps=2) if not o.startswith(("model=", "objective="))]
+    overrides = ["model=wgan", *overrides, "objective.d_steps=1"]
+    cfg = make_config(overrides)
+    model = build_model(cfg)
+    optimizers = build_optimizers(cfg, model, build_objective(cfg, model))
+    for opt in optimizers.values():
+        assert type(opt) is torch.optim.RMSprop and opt.defaults["lr"] == 5e-5 and "betas" not in opt.defaults
+    run_dir, report = train_run(overrides)
+    assert report["run"]["model"] == "wgan" and report["run"]["objective"] == "wasserstein" and report["run"]["steps"] == 2
+    for state in load_checkpoint(run_dir / "checkpoints" / "last.pt")["optimizers"].values():
+        (group,) = state["param_groups"]
+        assert group["lr"] == 5e-5 and "alpha" in group and "betas" not in group  # RMSprop's state
+
+
+@pytest.mark.parametrize("model", ["dcgan", "cgan", "acgan"])
+def test_wasserstein_gp_refuses_a_batch_norm_critic_at_start_up(train_run, model):
+    with pytest.raises(GentrainError, match="model.d_norm=layer") as e:
+        train_run(tiny_overrides(model, "digits", "wasserstein_gp", steps=1))
+    message = str(e.value)
+    assert "\n" not in message and "model=wgan_gp" in message and f"model={model}" in message and "objective=wasserstein_gp" in message
+
+
+@pytest.mark.parametrize("model,dataset,extra", [
+    ("dcgan", "digits", ["model.d_norm=layer"]), ("dcgan", "digits", ["model.d_norm=none"]),
+    ("cgan", "digits", ["model.d_norm=layer"]), ("acgan", "digits", ["model.d_norm=none"]),
+    ("gan_mlp", "digits", []), ("dcgan", "ring8", []),  # MLP critics, no batch norm (dcgan on 2-D points uses the MLP networks)
+])
+def test_wasserstein_gp_accepts_critics_without_batch_norm(model, dataset, extra):
+    cfg = make_config(tiny_overrides(model, dataset, "wasserstein_gp", extra=extra))
+    assert isinstance(build_objective(cfg, build_model(cfg)), WassersteinGP)

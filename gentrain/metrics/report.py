@@ -155,7 +155,8 @@ def render_curves(jsonl: Path, out: Path) -> Path | None:
     for k in keys:
         if k.endswith("grad_norm"):
             continue
-        group = "D outputs" if k.rsplit("/", 1)[-1] in ("D_real", "D_fake") else "losses"
+        name = k.rsplit("/", 1)[-1]
+        group = "D outputs" if name in ("D_real", "D_fake") else "critic outputs" if name in ("critic_real", "critic_fake") else "losses"
         panels.setdefault(group, []).append(k)
     eval_keys = sorted({k for r in evals for k in r if k not in ("kind", "step", "eval_time_s", "results") and not k.endswith("_std")})
     for key in eval_keys:  # one panel per protocol: FID and KID live on different scales

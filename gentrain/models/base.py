@@ -130,6 +130,20 @@ class AdversarialModel(GenerativeModel):
     def discriminate(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         return self.discriminator(x).flatten(), None
 
+    def critic_weights(self) -> list[Tensor]:
+        """The weights of the critic ``f(x)`` whose Lipschitz constant in ``x`` WGAN's clipping bounds.
+
+        WGAN (Arjovsky et al. 2017) keeps ``f`` K-Lipschitz by clamping these tensors to [-c, c] in
+        place after every critic step. Here: every discriminator parameter (batch-norm affine
+        parameters and spectral norm's original weights included), as the paper's released code
+        clamps every parameter of its critic (``for p in netD.parameters(): p.data.clamp_(...)``,
+        github.com/martinarjovsky/WassersteinGAN, main.py). Models whose discriminator holds
+        tensors that are not weights of ``f`` (a label embedding, a class head) leave them out or
+        return views of the parameters (sharing their storage, so clamping a view clamps the
+        parameter).
+        """
+        return list(self.discriminator.parameters())
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.sample_with_labels(n, generator)[0]
 

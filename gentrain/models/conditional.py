@@ -10,6 +10,9 @@ heads on a shared trunk, the real/fake logit and ``K`` class logits. The objecti
 auxiliary cross-entropy on real and fake samples (``objective.aux_weight``) whenever
 :meth:`~gentrain.models.base.AdversarialModel.discriminate` returns class logits.
 
+WGAN's weight clipping (:meth:`critic_weights`) clamps only the weights of the critic ``f(x)``: cgan's
+D network without its label embedding, acgan's trunk and adversarial output without the class head.
+
 Like ``DCGAN``, images ([C, H, W]) use the DCGAN networks and vectors ([D]) the MLP networks.
 Sampling with labels, the one-row-per-class grid and the refusal of unlabelled data come from
 :class:`~gentrain.models.base.AdversarialModel` through ``num_classes``.
@@ -148,6 +151,16 @@ class ConditionalGAN(AdversarialModel):
         """``(logit [B] that x is a real sample of class y, None)``."""
         return self.discriminator(x, self._need_labels(y)).flatten(), None
 
+    def critic_weights(self) -> list[Tensor]:
+        """Every parameter of D's network, not its label embedding.
+
+        The embedding table is a per-class input (the extra channels or features), not a weight of
+        ``f(., y)``: it does not act on ``x``, so it does not enter the Lipschitz constant in ``x`` that
+        WGAN's clipping bounds. Clipping its N(0, 1) entries to [-0.01, 0.01] would shrink the label
+        signal about a hundredfold.
+        """
+        return list(self.discriminator.net.parameters())
+
     def _need_labels(self, y: Tensor | None) -> Tensor:
         if y is None:
             raise GentrainError(f"model={self.config_name} is conditional: generate and discriminate need class labels y in [0, {self.num_classes})")
@@ -189,3 +202,17 @@ class ACGAN(ConditionalGAN):
         """``(logit [B], class logits [B, K])``; ``y`` is ignored: AC-GAN's D must infer the class."""
         out = self.discriminator(x)
         return out[:, 0], out[:, 1:]
+
+    def critic_weights(self) -> list[Tensor]:
+        """The trunk's parameters and output 0 of the last layer (the adversarial logit), not the class head.
+
+        ``f`` is the trunk followed by row (linear) or output channel (convolution) 0 of the last
+        layer; rows 1..K give the class logits, trained by the auxiliary cross-entropy, which is no
+        part of ``f``. The head's weight and bias enter as views ``[:1]`` of the parameters (their
+        originals under spectral norm), so clamping them in place clamps output 0 only.
+        """
+        head = self.discriminator.net[-1]
+        head_params = list(head.parameters())
+        in_head = set(map(id, head_params))
+        trunk = [p for p in self.discriminator.parameters() if id(p) not in in_head]
+        return trunk + [p.detach()[:1] for p in head_params]

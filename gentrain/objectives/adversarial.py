@@ -7,9 +7,16 @@ adds an optional penalty and the auxiliary classification loss; subclasses give 
 The GAN losses (Goodfellow et al. 2014) are computed from logits, never as log of a sigmoid:
 with ``l = D(x)``, ``log sigmoid(l) = -softplus(-l)`` and ``log(1 - sigmoid(l)) = -softplus(l)``,
 both finite for any ``l``.
+
+What D's outputs mean depends on the objective, and so does what is logged of them: under the GAN
+losses ``sigmoid(l)`` is D's probability that ``x`` is real, logged as ``D_real`` and ``D_fake``; a
+hinge or Wasserstein critic's output is an unbounded score, logged raw as ``critic_real`` and
+``critic_fake``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,6 +35,10 @@ class AdversarialObjective(Objective):
     """
 
     family = AdversarialModel
+    #: True where D's logit is that of a probability (the GAN losses): the D phase logs ``D_real`` and
+    #: ``D_fake`` = mean ``sigmoid(D(.))``, the G phase ``D_fake``. False (hinge, Wasserstein): the D
+    #: phase logs ``critic_real`` and ``critic_fake`` = mean raw ``D(.)``, the G phase ``critic_fake``.
+    probability_outputs: ClassVar[bool] = False
 
     def __init__(self, d_steps: int = 1, aux_weight: float = 1.0) -> None:
         check_int(d_steps, "objective.d_steps")
@@ -67,6 +78,12 @@ class AdversarialObjective(Objective):
         logs[f"aux_acc_{name}"] = (class_logits.argmax(1) == y).float().mean()
         return loss
 
+    def _output_logs(self, logits: Tensor, which: str) -> dict[str, Tensor]:
+        """The log of D's mean output on ``which`` ("real" or "fake") samples; see :attr:`probability_outputs`."""
+        if self.probability_outputs:
+            return {f"D_{which}": mean_scalar(logits.sigmoid())}
+        return {f"critic_{which}": mean_scalar(logits)}
+
     def discriminator_step(self, model: AdversarialModel, batch: Batch) -> StepOutput:
         y = self._labels(model, batch)
         z = model.noise(batch.x.shape[0], device=batch.x.device)
@@ -75,8 +92,7 @@ class AdversarialObjective(Objective):
         logits_real, class_real = model.discriminate(batch.x, y)
         logits_fake, class_fake = model.discriminate(x_fake, y)
         loss, logs = self.critic_loss(logits_real, logits_fake)
-        logs["D_real"] = mean_scalar(logits_real.sigmoid())  # mean D(x), as a probability
-        logs["D_fake"] = mean_scalar(logits_fake.sigmoid())  # mean D(G(z))
+        logs |= self._output_logs(logits_real, "real") | self._output_logs(logits_fake, "fake")
         extra = self.penalty(model, batch.x, x_fake, y)
         if extra is not None:
             loss = loss + extra[0]
@@ -93,7 +109,7 @@ class AdversarialObjective(Objective):
         z = model.noise(batch.x.shape[0], device=batch.x.device)
         logits_fake, class_fake = model.discriminate(model.generate(z, y), y)
         loss = self.generator_loss(logits_fake).mean()
-        logs = {"D_fake": mean_scalar(logits_fake.sigmoid())}
+        logs = self._output_logs(logits_fake, "fake")
         aux = self._aux(class_fake, y, logs, "fake")
         if aux is not None:
             loss = loss + self.aux_weight * aux
@@ -103,7 +119,12 @@ class AdversarialObjective(Objective):
 
 class GANObjective(AdversarialObjective):
     """The discriminator minimises ``-[t log D(x) + (1 - t) log(1 - D(x))] - log(1 - D(G(z)))`` with
-    ``t = 1 - label_smoothing`` (one-sided label smoothing, Salimans et al. 2016; 0 disables it)."""
+    ``t = 1 - label_smoothing`` (one-sided label smoothing, Salimans et al. 2016; 0 disables it).
+
+    ``sigmoid(D(x))`` is a probability here: logs ``D_real`` and ``D_fake``, besides ``loss_real`` and ``loss_fake``.
+    """
+
+    probability_outputs = True
 
     def __init__(self, d_steps: int = 1, label_smoothing: float = 0.0, aux_weight: float = 1.0) -> None:
         super().__init__(d_steps, aux_weight)
@@ -144,7 +165,10 @@ class NonSaturating(GANObjective):
 
 
 class Hinge(AdversarialObjective):
-    """Hinge loss (Lim & Ye 2017; SNGAN, BigGAN): D minimises ``relu(1 - D(x)) + relu(1 + D(G(z)))``, G minimises ``-D(G(z))``."""
+    """Hinge loss (Lim & Ye 2017; SNGAN, BigGAN): D minimises ``relu(1 - D(x)) + relu(1 + D(G(z)))``, G minimises ``-D(G(z))``.
+
+    D's output is a margin score, not a logit: logs ``critic_real`` and ``critic_fake``, besides ``loss_real`` and ``loss_fake``.
+    """
 
     def critic_loss(self, logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         loss_real, loss_fake = F.relu(1.0 - logits_real), F.relu(1.0 + logits_fake)

@@ -18,7 +18,7 @@ from gentrain.metrics.report import format_value
 from gentrain.tasks.common import required
 
 #: Final training metrics shown (when a run has them), besides every evaluation metric.
-TRAIN_KEYS = ("train/D/loss", "train/G/loss", "train/D/D_real", "train/D/D_fake", "train/main/loss")
+TRAIN_KEYS = ("train/D/loss", "train/G/loss", "train/D/D_real", "train/D/D_fake", "train/D/critic_real", "train/D/critic_fake", "train/main/loss")
 
 
 def _run_row(run_dir: Path, root: Path) -> dict[str, Any]:
