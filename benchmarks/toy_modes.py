@@ -31,6 +31,7 @@ from rich.console import Console
 import gentrain.build
 from gentrain.engine.device import device_name, resolve_device
 from gentrain.metrics.modes import N_SIGMA, ModeStats, dataset_modes, mode_stats
+from gentrain.sampling import sample_batches, sampling_state
 from gentrain.tasks.common import load_trained
 from gentrain.tasks.training import train
 
@@ -90,11 +91,10 @@ def run_one(dataset: str, objective: str, seed: int, args: argparse.Namespace, c
     report = train(cfg, run_dir=run_dir, console=console)
 
     device = resolve_device(args.device)
-    _, _, model, data = load_trained(str(run_dir), device)  # checkpoints/last.pt, as a user would score it
+    _, _, model, average, data = load_trained(str(run_dir), device)  # checkpoints/last.pt, as a user would score it
     modes, std = dataset_modes(data)
-    generator = torch.Generator(device=device).manual_seed(args.sample_seed)
-    with torch.no_grad():
-        samples = model.sample(args.n_samples, generator=generator)
+    with sampling_state(model, average):  # the weights and mode task=sample and task=eval use
+        samples = torch.cat([x for x, _ in sample_batches(model, args.n_samples, args.sample_seed, args.n_samples)])
     stats = mode_stats(samples.float(), modes, std, n_sigma=N_SIGMA, min_fraction=args.min_fraction)
     return RunResult(
         dataset=dataset,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
+import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -12,10 +17,18 @@ from gentrain.config import CONFIG_DIR, compose_app_config
 from gentrain.errors import GentrainError
 
 
+#: Sweep jobs that failed (one line each, already printed); main() exits non-zero when any did.
+_FAILED_JOBS: list[str] = []
+
+
 # absolute: a console script has no calling file for Hydra to resolve a relative path against
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from gentrain.build import build
+    from gentrain.engine.trainer import Interrupted
 
     try:
         task = build(cfg.task, "task")
@@ -23,21 +36,34 @@ def _app(cfg: DictConfig) -> None:
     except GentrainError as e:
         # one line, no traceback: the message names the fix
         print(f"error: {e}", file=sys.stderr, flush=True)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(e, Interrupted):
+            _FAILED_JOBS.append(f"job {HydraConfig.get().job.num}")  # the sweep goes on with its other jobs
+            return
         sys.exit(getattr(e, "exit_code", 2))
 
 
 _SIMPLE_VALUE = re.compile(r"^[\w.\-/:]+$")
 
 
-def _runs_to_check(argv: list[str]) -> list[list[str]] | None:
-    """The override lists to compose before Hydra starts: the run, or for ``-m`` every option of every
-    simple sweep (the others at their first value). None where Hydra should answer alone (help, --info,
-    another config, sweeps of ranges or globs)."""
+#: A sweep with more jobs than this is checked value by value (each option in one job) rather than job by job.
+_FULL_CHECK_LIMIT = 256
+
+
+def _parse(argv: list[str]) -> Any:
     from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    return args
+
+
+def _runs_to_check(argv: list[str]) -> list[list[str]] | None:
+    """The override lists to compose before Hydra starts: the run, or for ``-m`` every job of the sweep (every
+    option of every list at least once when the sweep is very large). None where Hydra should answer alone
+    (help, --info, another config, sweeps of ranges or globs)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ValueType
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    args = _parse(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun:
         return None
     if args.config_path or args.config_name or args.config_dir:
@@ -55,9 +81,10 @@ def _runs_to_check(argv: list[str]) -> list[list[str]] | None:
         if not values or not all(_SIMPLE_VALUE.match(v) for v in values):
             return None
         choices.append([f"{o.get_key_element()}={v}" for v in values])
+    if math.prod(len(c) for c in choices) <= _FULL_CHECK_LIMIT:
+        return [list(job) for job in itertools.product(*choices)]
     first = [c[0] for c in choices]
-    runs = [first] + [first[:i] + [v] + first[i + 1 :] for i, c in enumerate(choices) for v in c[1:]]
-    return runs
+    return [first] + [first[:i] + [v] + first[i + 1 :] for i, c in enumerate(choices) for v in c[1:]]
 
 
 def _one_line(message: str) -> str:
@@ -78,15 +105,34 @@ def _one_line(message: str) -> str:
 
 
 def _precheck(argv: list[str]) -> None:
-    """Compose the config(s) the way Hydra will and refuse bad overrides with one line and exit 2,
-    before Hydra prints its multi-line report."""
+    """Compose the config(s) the way Hydra will and refuse bad overrides and bad values with one line and exit 2,
+    before Hydra prints its multi-line report and before any job of a sweep runs."""
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
+    runs = _runs_to_check(argv) or []
+    semantic = not _parse(argv).cfg  # --cfg prints the config: it need not be trainable
     try:
-        for overrides in _runs_to_check(argv) or []:
-            compose_app_config(overrides)
+        for i, overrides in enumerate(runs):
+            cfg = compose_app_config(overrides)
+            if i == 0:
+                _check_writable(cfg, _parse(argv).multirun)
+            target = str(OmegaConf.select(cfg, "task._target_", default=""))
+            if semantic and target.endswith(".train"):
+                from gentrain.tasks.training import check
+
+                HydraConfig.instance().set_config(cfg)  # group choices for messages, as in the real run
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                try:
+                    check(cfg)
+                except GentrainError as e:
+                    job = f" (sweep job {' '.join(overrides)})" if len(runs) > 1 else ""
+                    print(f"error: {e}{job}", file=sys.stderr, flush=True)
+                    sys.exit(2)
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {_one_line(str(e))}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -94,10 +140,50 @@ def _precheck(argv: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
+def _check_writable(cfg: Any, multirun: bool) -> None:
+    """Refuse an output folder nothing can be written to (Hydra would fail creating it with a traceback)."""
+    from omegaconf import OmegaConf
+
+    from gentrain.engine.rundir import writable_error
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    where = OmegaConf.select(cfg, key, default=None)
+    problem = writable_error(where) if where else None
+    if problem:
+        print(f"error: cannot write the run to {where}: {problem}; point {key} at a writable folder", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _resume_in_place(argv: list[str]) -> list[str]:
+    """``trainer.resume=<run dir>`` continues that run in its own directory: Hydra is told to use it as the run dir."""
+    args = _parse(argv)
+    if args.multirun or any(o.startswith("hydra.run.dir=") for o in args.overrides):
+        return argv
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "trainer.resume" and value not in ("", "true", "false", "null") and Path(value).expanduser().is_dir():
+            quoted = value if _SIMPLE_VALUE.match(value) else "'" + value.replace("'", "\\'") + "'"
+            return [*argv, f"hydra.run.dir={quoted}"]
+    return argv
+
+
+def _stop_outside_training(signum: int, frame: Any) -> None:
+    """SIGTERM before or after training (setup, reports): one line and exit 143; during training the trainer handles it."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> None:
-    _precheck(sys.argv[1:])
-    _app()
-
-
-if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the shell ignores SIGINT (`gentrain ... &`)
+    signal.signal(signal.SIGTERM, _stop_outside_training)
+    try:
+        argv = _resume_in_place(sys.argv[1:])
+        sys.argv[1:] = argv
+        _precheck(argv)
+        _app()
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        print(f"error: stopped by {name} outside training steps; checkpoints already written are intact", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.Signals[name].value)
+    if _FAILED_JOBS:
+        print(f"error: {len(_FAILED_JOBS)} sweep job(s) failed ({', '.join(_FAILED_JOBS)}); each printed its reason above", file=sys.stderr, flush=True)
+        sys.exit(2)

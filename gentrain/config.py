@@ -41,6 +41,7 @@ class TrainerSettings:
     resume: Any = False  # false | true (this run dir's checkpoints/last.pt) | path to a .pt or a run dir
     ckpt_every: int = 1000  # steps between checkpoints/last.pt writes; 0: only at the end
     ema_decay: Optional[float] = None  # exponential moving average of the generator's weights (e.g. 0.999); None: off
+    ema_warmup: bool = True  # the average's decay is min(ema_decay, (1 + t) / (10 + t)) at its t-th update
     warmup_steps: int = 0  # learning rates rise linearly from lr / warmup_steps to lr over these first steps; 0: off
 
     at_least_one: ClassVar[frozenset[str]] = frozenset({"max_steps", "batch_size"})
@@ -75,8 +76,8 @@ class EvalSettings:
     every: int = 0  # steps between evaluations during training; 0: none
     at_end: bool = True  # evaluate after the last step (the report's numbers)
     use_ema: bool = True  # evaluate and sample with the averaged weights when trainer.ema_decay is set
-    best: Optional[str] = None  # result key that picks checkpoints/best.pt; default: the first metric's headline
-    split: str = "test"  # reference split
+    best: Optional[str] = None  # headline that picks checkpoints/best.pt on the validation split; default: the first metric's
+    split: str = "test"  # the split of the final report and task=eval (in-training evaluation always uses val)
     batch_size: int = 250
     seed: int = 0  # noise of the generated samples
     inception_weights: str = "auto"  # auto | path to a state dict (python -m gentrain.metrics.inception builds one offline)

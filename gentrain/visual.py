@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,11 @@ def sample_picture(x: Tensor, reference: Tensor | None = None, nrow: int | None 
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
+    """Write through a temporary file and a rename: a run stopped mid-write never leaves half a picture."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def heatmap(values: Tensor) -> Tensor:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,89 @@ def test_sample_task_from_the_shell(tmp_path):
     result = gentrain(["task=sample", f"ckpt={run_dir}", "n=20", "device=cpu"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(list((run_dir / "checkpoints").glob("last_step1_n20_seed0.*"))) == 2
+    result = gentrain(["task=summarize", f"dir={tmp_path / 'outputs'}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert list((tmp_path / "outputs").glob("*/*")) == [run_dir]  # sample and summarize made no run directory
+
+
+# ------------------------------------------------------------------------- stopping and continuing
+
+LONG_RUN = ["model=gan_mlp", "dataset=moons", "trainer.max_steps=1000000", "trainer.ckpt_every=0", *TINY_RUN, *TINY["gan_mlp"]]
+
+
+def start(args: list[str], cwd: Path, ignore_sigint: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "GENTRAIN_DATA": str(cwd / "data"), "COLUMNS": "200"}
+    # a shell starting `gentrain ... &` ignores SIGINT in the child; preexec_fn does the same
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    return subprocess.Popen([GENTRAIN, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+
+
+def wait_for_training(run_dir: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signum,ignore_sigint", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["sigterm", "sigint-in-background"])
+def test_a_signal_stops_a_run_with_a_checkpoint_and_the_printed_command_continues_it(tmp_path, signum, ignore_sigint):
+    run_dir = tmp_path / "run"
+    proc = start([*LONG_RUN, f"hydra.run.dir={run_dir}"], tmp_path, ignore_sigint)
+    wait_for_training(run_dir, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum and "Traceback" not in stderr, stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert f"stopped by {signal.Signals(signum).name}" in line
+    command = line.split("continue with: ")[1].split()
+    step = json.loads(run_dir.joinpath("report.json").read_text())["run"]["steps"] if run_dir.joinpath("report.json").exists() else None
+    assert step is None  # stopped, not completed
+    from gentrain.engine.checkpoint import load_checkpoint
+
+    stopped_at = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    # the printed command, as given, plus a new length: no original override repeated
+    result = gentrain([*command[1:], f"trainer.max_steps={stopped_at + 4}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert (report["run"]["model"], report["run"]["start_step"], report["run"]["steps"]) == ("gan_mlp", stopped_at, stopped_at + 4)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
+
+
+def test_a_refused_resume_changes_nothing_in_the_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    assert gentrain(["model=gan_mlp", "dataset=moons", "trainer.max_steps=2", *TINY_RUN, *TINY["gan_mlp"], f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+    assert_one_line_error(gentrain(["model=dcgan", f"trainer.resume={run_dir}"], tmp_path), "changes the run being resumed", "model=gan_mlp")
+    assert_one_line_error(gentrain(["model.z_dim=3", f"trainer.resume={run_dir}"], tmp_path), "model.z_dim")
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_two_runs_started_in_the_same_second_get_a_directory_each(tmp_path):
+    args = ["model=gan_mlp", "dataset=moons", "trainer.max_steps=3", *TINY_RUN, *TINY["gan_mlp"], f"hydra.run.dir={tmp_path / 'run'}"]
+    procs = [start(args, tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    assert sum("this run writes to" in o[0] for o in outs) == 1
+    for run_dir in (tmp_path / "run", tmp_path / "run_1"):
+        assert len(list((run_dir / "tensorboard").iterdir())) == 1
+        assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [2, 3]
+
+
+def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_the_first_job(tmp_path):
+    result = gentrain(["-m", "model=gan_mlp", "dataset=moons", "trainer.max_steps=1", *TINY_RUN, "trainer.batch_size=32,0"], tmp_path)
+    assert_one_line_error(result, "trainer.batch_size must be >= 1", "trainer.batch_size=0")
+    assert not (tmp_path / "multirun").exists()
+    # a combination that fails only together: every job is checked, not only every value
+    result = gentrain(["-m", "model=dcgan,gan_mlp", "objective=wasserstein_gp,hinge", "trainer.max_steps=1", *TINY_RUN], tmp_path)
+    assert_one_line_error(result, "model.d_norm=layer")
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_a_job_that_fails_while_running_does_not_stop_the_sweep(tmp_path):
+    result = gentrain(["-m", "model=gan_mlp", "dataset=mnist,moons", "trainer.max_steps=2", *TINY_RUN, *TINY["gan_mlp"]], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "MNIST not found" in errors[0] and "1 sweep job(s) failed (job 0)" in errors[-1]
+    reports = list((tmp_path / "multirun").glob("*/*/1/report.json"))
+    assert len(reports) == 1 and json.loads(reports[0].read_text())["run"]["dataset"] == "moons"

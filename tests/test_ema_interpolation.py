@@ -20,7 +20,7 @@ from test_metrics import TinyExtractor
 
 def test_ema_update_is_the_moving_average():
     model = GanMLP(shape=(2,), z_dim=4, g_widths=(8,), d_widths=(8,))
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, decay=0.9, warmup=False)
     assert ema.module is None and ema.state_dict() is None
     ema.update()  # the first update takes the copy
     before = [p.detach().clone() for p in model.generator.parameters()]

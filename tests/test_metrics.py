@@ -279,8 +279,8 @@ def test_mode_coverage_protocol_on_toy_points(tmp_path):
     class Perfect(GanMLP):
         """Samples the mixture itself: every mode covered, about 98.9% within 3 std (2-D Rayleigh)."""
 
-        def sample(self, n, generator=None):
-            return Grid25(n_train=n, n_test=2).load("train").x
+        def sample_with_labels(self, n, generator=None):
+            return Grid25(n_train=n, n_test=2).load("train").x, None
 
     (perfect,) = Evaluator(["modes2500"], Grid25(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))(Perfect(shape=(2,)))
     assert perfect.values["modes2500"] == 25 and 0.97 < perfect.values["modes2500_hq"] < 1.0
@@ -295,3 +295,57 @@ def test_metrics_that_do_not_fit_the_data_name_the_ones_that_do(tmp_path):
 
     with pytest.raises(GentrainError, match="ring8 or grid25"):
         Evaluator(["modes100"], Moons(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))
+
+
+# ------------------------------------------------------------------ protocol names and their splits
+
+
+def test_protocol_names_say_their_reference_split():
+    fid = parse_protocol("fid10k")
+    assert (fid.name, fid.split, fid.n) == ("fid10k", "test", 10000)  # the standard protocol: the first 10k test images
+    assert fid.on("val").name == "fid10k_val" and fid.on("test").name == "fid10k"
+    train = parse_protocol("fid50k_train")
+    assert train.name == "fid50k_train" and train.on("val").name == "fid50k_train"  # a split in the name is fixed
+    assert parse_protocol("is10k").on("val").name == "is10k" and parse_protocol("modes2500").split is None
+    assert parse_protocol("nll1k").on("val").keys() == ["nll1k_val", "nll1k_val_bpd"]
+    with pytest.raises(GentrainError, match="compares with no data split"):
+        parse_protocol("is10k_val")
+    for key, name in (("pr10k_val_f1", "pr10k_val"), ("kid5k_std", "kid5k"), ("fid10k_test", "fid10k")):
+        assert headline_direction(key)[0].name == name
+
+
+def test_one_evaluation_scores_the_same_samples_against_several_splits(tmp_path):
+    ext = TinyExtractor()
+    dataset = Digits(val_fraction=0.1)
+    ev = Evaluator(["fid100", "is60", "fid50_train"], dataset, "test", lambda: ext, ReferenceCache(tmp_path), torch.device("cpu"), batch_size=50)
+    results = {r.name: r for r in ev(tiny_model(), ["val", "test"])}
+    assert list(results) == ["fid100_val", "fid100", "is60", "fid50_train"]
+    assert results["fid100_val"].reference_split == "digits/val" and results["fid100"].reference_split == "digits/test"
+    assert results["fid50_train"].reference_split == "digits/train" and results["is60"].reference_split is None
+    assert ext.batch_sizes.count(50) == 2 + 2 + 2 + 1  # references: val (100 -> 2 batches), test (2), train (1); samples once (2)
+
+
+def test_an_image_folder_without_test_images_says_its_reference_is_the_training_images(tmp_path):
+    from PIL import Image
+
+    from gentrain.data.images import ImageFolder
+
+    for i in range(12):
+        Image.fromarray(np.full((8, 8, 3), i * 20, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    folder = ImageFolder(path=str(tmp_path), size=8, shape=(3, 8, 8))
+    (result,) = Evaluator(["fid10"], folder, "test", TinyExtractor, ReferenceCache(tmp_path / "cache"), torch.device("cpu"))(DCGAN(shape=(3, 8, 8), g_width=4, d_width=4, z_dim=4))
+    assert any("reference is the training images" in n for n in result.notes)
+
+
+def test_a_fid_a_hair_below_zero_is_zero(monkeypatch):
+    import gentrain.metrics.fidelity as fidelity
+
+    monkeypatch.setattr(fidelity, "frechet_distance", lambda a, b: -4.5e-5)  # sqrtm rounding of a set against itself
+    f = Features(torch.randn(50, 4))
+    assert compute(parse_protocol("fid50"), f, f, {}).values == {"fid50": 0.0}
+
+
+def test_precision_recall_of_too_few_samples_is_reported_unavailable_not_raised():
+    f = Features(torch.randn(3, 4))
+    result = compute(parse_protocol("pr10"), Features(torch.randn(10, 4)), f, {})
+    assert not result.available and result.values == {} and "more than 3 samples" in result.notes[-1]

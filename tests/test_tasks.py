@@ -42,21 +42,28 @@ def trained(train_run):
 
 def test_training_evaluates_logs_and_keeps_the_best_checkpoint(trained):
     run_dir, report = trained
-    assert set(report["metrics"]) >= {"fid64", "kid32", "kid32_std", "is32", "pr32_precision", "pr32_recall", "pr32_f1"}
+    # the report: the test split, and the validation split of the last step's selection
+    assert set(report["metrics"]) >= {"fid64", "kid32", "kid32_std", "is32", "pr32_precision", "pr32_recall", "pr32_f1", "fid64_val", "pr32_val_f1"}
     fid = next(r for r in report["evaluation"] if r["name"] == "fid64")
     assert (fid["n_generated"], fid["n_reference"], fid["reference_split"], fid["extractor"]) == (64, 64, "digits/test", "tiny:0")
-    assert report["evaluation_step"] == 4 and report["best"]["key"] == "fid64"
+    val = next(r for r in report["evaluation"] if r["name"] == "fid64_val")
+    assert val["reference_split"] == "digits/val" and val["n_reference"] == 64
+    # the same samples: the validation and test numbers differ only by their reference images
+    assert val["values"]["fid64_val"] != fid["values"]["fid64"]
+    assert report["evaluation_step"] == 4 and report["best"]["key"] == "fid64_val" and report["best"]["split"] == "val"
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
-    assert [e["step"] for e in evals] == [2, 4]
-    best_step = min(evals, key=lambda e: e["fid64"])["step"]
+    assert [(e["step"], e["splits"]) for e in evals] == [(2, ["val"]), (4, ["val", "test"])]
+    assert "fid64" not in evals[0]  # no test-split number during training
+    best_step = min(evals, key=lambda e: e["fid64_val"])["step"]
     assert report["best"]["step"] == best_step
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    assert best["step"] == best_step and best["best"]["value"] == min(e["fid64"] for e in evals)
+    assert best["step"] == best_step and best["best"]["value"] == min(e["fid64_val"] for e in evals)
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("eval/fid64")] == [2, 4] and "eval/pr32_recall" in acc.Tags()["scalars"]
+    assert [e.step for e in acc.Scalars("eval/fid64_val")] == [2, 4] and [e.step for e in acc.Scalars("eval/fid64")] == [4]
+    assert "eval/pr32_recall" in acc.Tags()["scalars"]
     md = (run_dir / "report.md").read_text()
-    assert "| fid64 |" in md and "64 (digits/test)" in md and "![curves](curves.png)" in md
+    assert "| fid64 |" in md and "64 (digits/test)" in md and "64 (digits/val)" in md and "![curves](curves.png)" in md
     assert Image.open(run_dir / "curves.png").size[0] > 300
 
 
@@ -91,9 +98,8 @@ def test_summarize_task_gathers_a_sweep(train_run, tmp_path):
     sweep = tmp_path / "sweep"
     for i, objective in enumerate(("minimax", "non_saturating")):
         run_dir, _ = train_run(tiny_overrides("gan_mlp", "moons", objective, steps=2), f"sweep/{i}")
-        (run_dir / ".hydra").mkdir()
-        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- objective={objective}\n- trainer.max_steps=2\n")
-        (run_dir / ".hydra" / "config.yaml").write_text("{}\n")
+        assert (run_dir / ".hydra" / "config.yaml").is_file()  # written by the run itself
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- objective={objective}\n- trainer.max_steps=2\n")  # as a sweep's job has them
     crashed = sweep / "2" / ".hydra"
     crashed.mkdir(parents=True)
     (crashed / "config.yaml").write_text("{}\n")
@@ -176,3 +182,23 @@ def test_eval_task_with_the_real_inception_network(trained, tmp_path, monkeypatc
     assert fid["extractor"].startswith("inception-2015-12-05:") and fid["values"]["fid12"] > 0
     assert any("strongly biased" in n for n in fid["notes"])  # 12 samples < 2048 dimensions
     assert not isc["available"] and "logits" in isc["notes"][0]
+
+
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["eval.metrics=[fid64_test]", "eval.every=2"], "model selection on test"),
+        (["eval.metrics=[fid64]", "eval.every=2", "dataset.val_fraction=0"], "dataset.val_fraction=0.1"),
+    ],
+)
+def test_in_training_evaluation_never_selects_on_the_test_split(train_run, extra, fragment):
+    with pytest.raises(GentrainError, match=fragment.replace(".", r"\.")) as e:
+        train_run(tiny_overrides("dcgan", "digits", steps=2) + extra)
+    assert "\n" not in str(e.value)
+
+
+def test_evaluation_only_at_the_end_reports_the_test_split_and_keeps_no_best(train_run):
+    run_dir, report = train_run(tiny_overrides("dcgan", "digits", steps=2) + ["eval.metrics=[fid32,fid32_train]", "eval.batch_size=16"])
+    assert set(report["metrics"]) == {"fid32", "fid32_train"} and report["best"] is None
+    assert not (run_dir / "checkpoints" / "best.pt").exists()
+    assert {r["name"]: r["reference_split"] for r in report["evaluation"]} == {"fid32": "digits/test", "fid32_train": "digits/train"}

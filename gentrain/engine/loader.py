@@ -1,8 +1,12 @@
 """Mini-batches from a dataset held as one tensor: on the training device when it fits.
 
-No DataLoader, no worker processes, no host round-trip per step: a permutation is drawn on the
-data's device once an epoch, and each batch is one ``index_select``. uint8 images stay uint8 in
-memory (4x smaller) and are scaled to [-1, 1] per batch.
+No DataLoader, no worker processes, no host round-trip per step: once an epoch a permutation is
+drawn and moved to the data's device (one small copy), and each batch is one ``index_select``.
+uint8 images stay uint8 in memory (4x smaller) and are scaled to [-1, 1] per batch.
+
+The permutation is always drawn by a CPU generator: where the data is stored (GPU or pinned host
+memory, which ``device.data_on_device=auto`` picks by free GPU memory) never changes the batch
+order of a seed, and a run resumes exactly whichever storage its new session picks.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class BatchStream:
         pin = store.type == "cpu" and device.type == "cuda"
         self.x = data.x.to(store).pin_memory() if pin else data.x.to(store)
         self.y = None if data.y is None else (data.y.to(store).pin_memory() if pin else data.y.to(store))
-        self.generator = torch.Generator(device=store).manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # on the CPU whatever the storage: see the module docstring
         self.perm: Tensor | None = None
         self.pos = 0
         self.epoch = 0
@@ -68,7 +72,7 @@ class BatchStream:
     def next(self) -> Batch:
         n = self.num_examples
         if self.perm is None or self.pos + self.batch_size > n:
-            self.perm = torch.randperm(n, generator=self.generator, device=self.x.device)
+            self.perm = torch.randperm(n, generator=self.generator).to(self.x.device, non_blocking=True)
             self.pos = 0
             self.epoch += 1
         idx = self.perm[self.pos : self.pos + self.batch_size]
@@ -86,7 +90,10 @@ class BatchStream:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        try:
+            self.generator.set_state(state["generator"].cpu())
+        except RuntimeError:  # a checkpoint of gentrain <= 0.1 whose order was drawn on a GPU generator
+            log.warning("the checkpoint's batch order was drawn on a GPU generator (an older gentrain); this epoch continues exactly, later epochs are drawn afresh")
         self.perm = None if state["perm"] is None else state["perm"].to(self.x.device)
         self.pos = int(state["pos"])
         self.epoch = int(state["epoch"])

@@ -25,6 +25,7 @@ from gentrain.engine.checkpoint import atomic_save
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import FAMILIES, Features, MetricResult, Protocol, compute, parse_protocol
 from gentrain.models.base import GenerativeModel
+from gentrain.sampling import eval_mode, sample_batches
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +77,20 @@ def extract(batches: Callable[[int, int], Tensor], n: int, extractor: FeatureExt
 
 @torch.no_grad()
 def generated_features(model: GenerativeModel, n: int, extractor: FeatureExtractor, batch_size: int, seed: int) -> Features:
-    """Features of ``n`` samples of ``model`` (eval mode, fixed noise from ``seed``; the global RNG is untouched).
+    """Features of ``n`` samples of ``model`` (eval mode, drawn by :func:`gentrain.sampling.sample_batches`).
 
+    The noise comes from a generator seeded with ``seed`` (the global RNG is untouched), in batches
+    of ``batch_size``: ``task=sample`` with the same seed and batch size draws the same samples.
     Images go to the extractor as uint8, as real images do; points go as they are.
     """
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator(device=model.device).manual_seed(seed)
+    batches = sample_batches(model, n, seed, batch_size)
 
     def batch(start: int, size: int) -> Tensor:
-        x = model.sample(size, generator=generator)
+        x, _ = next(batches)
         return to_uint8(x) if x.dim() == 4 else x
 
-    try:
+    with eval_mode(model):
         return extract(batch, n, extractor, batch_size)
-    finally:
-        model.train(was_training)
 
 
 def images_digest(x: Tensor) -> str:
@@ -140,7 +139,15 @@ class ReferenceCache:
 
 
 class Evaluator:
-    """Runs a list of protocols on a model against a dataset split; builds its feature network on first use."""
+    """Runs a list of protocols on a model against dataset splits; builds its feature network on first use.
+
+    ``split`` is the split that protocols without one in their name compare with when a call names
+    none (the test split for reports and ``task=eval``). One call may name several splits (the
+    last in-training evaluation: validation for model selection, test for the report): samples
+    are drawn and featurised once, and each split-dependent protocol is computed per split under
+    its own name (``fid10k`` for test, ``fid10k_val``); protocols that use no split (is, modes) or
+    fix theirs in the name (``fid50k_train``) are computed once.
+    """
 
     def __init__(
         self,
@@ -157,7 +164,7 @@ class Evaluator:
         self.protocols: list[Protocol] = [parse_protocol(m) for m in metrics]
         names = [p.name for p in self.protocols]
         if len(set(names)) != len(names):
-            raise GentrainError(f"eval.metrics lists a metric twice ({names}); list each once")
+            raise GentrainError(f"eval.metrics lists a metric twice ({list(metrics)}); list each once")
         images = len(dataset.shape) == 3 and dataset.shape[0] in (1, 3)
         self.space = "inception" if images else "points"
         for p in self.protocols:
@@ -181,25 +188,42 @@ class Evaluator:
         self.batch_size = batch_size
         self.seed = seed
         self.options = {"dims": math.prod(dataset.shape), **(options or {})}
-        self._split_x: Tensor | None = None
-        self._reference: Features | None = None
+        self._split_x: dict[str, Tensor] = {}
+        self._reference: dict[str, Features] = {}
         self.reference_from_cache: bool | None = None
 
-    def split_images(self) -> Tensor:
-        """The evaluation split's data (uint8 images or points), read once."""
-        if self._split_x is None:
-            self._split_x = self.dataset.load(self.split).x
-        return self._split_x
+    def protocols_on(self, splits: list[str]) -> list[Protocol]:
+        """Every protocol a call on ``splits`` computes, in the order of ``eval.metrics``, split by split."""
+        out: dict[str, Protocol] = {}
+        for p in self.protocols:
+            for q in (p.on(s) for s in splits):
+                out.setdefault(q.name, q)
+        return list(out.values())
 
-    def reference(self) -> Features:
-        if self._reference is None:
+    def check_selection(self, every: int) -> None:
+        """Refuse, at start-up, in-training evaluation against the test split (model selection on test)."""
+        for p in self.protocols:
+            if p.explicit and p.split == "test":
+                raise GentrainError(
+                    f"eval.metrics lists {p.family.name}{p.count}_test, which eval.every={every} would compute during training on the test split "
+                    f"(model selection on test); list {p.family.name}{p.count}: during training it uses the validation split, at the end the test split"
+                )
+
+    def split_data(self, split: str) -> Tensor:
+        """The data of ``split`` (uint8 images or points), read once."""
+        if split not in self._split_x:
+            self._split_x[split] = self.dataset.load(split).x
+        return self._split_x[split]
+
+    def reference(self, split: str, protocols: list[Protocol]) -> Features:
+        """Features of the first N examples of ``split``, N the largest count of ``protocols`` on it (cached on disk)."""
+        if split not in self._reference:
             assert self.extractor is not None
-            n_ref = max((p.n for p in self.protocols if p.family.needs_reference), default=0)
-            images = self.split_images()[:n_ref]  # the first n images of the split (standard protocol)
-            self._reference, self.reference_from_cache = self.cache.features(
-                self.dataset.name, self.split, images, self.extractor, self.batch_size, self.device
-            )
-        return self._reference
+            n_ref = max(p.n for p in protocols if p.family.needs_reference and p.split == split)
+            images = self.split_data(split)[:n_ref]  # the first n images of the split (standard protocol)
+            self._reference[split], from_cache = self.cache.features(self.dataset.name, split, images, self.extractor, self.batch_size, self.device)
+            self.reference_from_cache = from_cache if self.reference_from_cache is None else self.reference_from_cache and from_cache
+        return self._reference[split]
 
     def check_model(self, model: GenerativeModel) -> None:
         """Refuse, at start-up, likelihood metrics for a model that has no likelihood."""
@@ -207,48 +231,49 @@ class Evaluator:
             if p.family.space == "likelihood" and not hasattr(model, "log_likelihood"):
                 raise GentrainError(f"{p.name} needs a likelihood model (vae, conv_vae, realnvp, glow, pixelcnn, made); {type(model).__name__} has none")
 
-    def __call__(self, model: GenerativeModel) -> list[MetricResult]:
+    def __call__(self, model: GenerativeModel, splits: list[str] | None = None) -> list[MetricResult]:
         self.check_model(model)
-        sampled = [p for p in self.protocols if p.family.space != "likelihood"]
-        gen = ref = None
+        protocols = self.protocols_on(list(dict.fromkeys(splits or [self.split])))
+        sampled = [p for p in protocols if p.family.space != "likelihood"]
+        gen = None
         if sampled:
             if self.extractor is None:
                 self.extractor = self.make_extractor()
-            ref = self.reference() if any(p.family.needs_reference for p in sampled) else None
+            for split in dict.fromkeys(p.split for p in sampled if p.family.needs_reference):
+                self.reference(split, sampled)
             gen = generated_features(model, max(p.n for p in sampled), self.extractor, self.batch_size, self.seed)
         results = []
-        for protocol in self.protocols:
+        for protocol in protocols:
             if protocol.family.space == "likelihood":
-                result = compute(protocol, self.test_log_likelihoods(model, protocol.n), None, self.options)
+                assert protocol.split is not None
+                result = compute(protocol, self.log_likelihoods(model, protocol.split, protocol.n), None, self.options)
                 result.extractor = "log-likelihood"
                 kind = getattr(model, "likelihood_kind", "exact")
                 result.notes.append(f"{kind}, k={self.options.get('iwae_k', 1)}" if kind.startswith("IWAE") else kind)
             else:
                 assert gen is not None and self.extractor is not None
+                ref = self._reference[protocol.split] if protocol.family.needs_reference and protocol.split else None
                 result = compute(protocol, gen, ref, self.options)
                 result.extractor = self.extractor.identity
-            if protocol.family.needs_reference or protocol.family.space == "likelihood":
-                result.reference_split = f"{self.dataset.name}/{self.split}"
+            if protocol.split is not None:
+                result.reference_split = f"{self.dataset.name}/{protocol.split}"
+                note = self.dataset.split_note(protocol.split)
+                if note:
+                    result.notes.append(note)
             results.append(result)
         return results
 
     @torch.no_grad()
-    def test_log_likelihoods(self, model: GenerativeModel, n: int) -> Features:
-        """log p(x) [N, 1] of the first ``n`` examples of the split, in batches; the global RNG is left as it was."""
+    def log_likelihoods(self, model: GenerativeModel, split: str, n: int) -> Features:
+        """log p(x) [N, 1] of the first ``n`` examples of ``split``, in batches; the global RNG is left as it was."""
         from gentrain.engine.loader import to_model_space
 
-        x = self.split_images()[:n]
-        was_training = model.training
-        model.eval()
+        x = self.split_data(split)[:n]
         devices = [model.device] if model.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):  # dequantisation and IWAE noise: seeded, and invisible to training
-                torch.manual_seed(self.seed)
-                out = [
-                    model.log_likelihood(to_model_space(x[i : i + self.batch_size].to(model.device)), k=int(self.options.get("iwae_k", 1))).float()
-                    for i in range(0, x.shape[0], self.batch_size)
-                ]
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.random.fork_rng(devices=devices):  # dequantisation and IWAE noise: seeded, and invisible to training
+            torch.manual_seed(self.seed)
+            out = [
+                model.log_likelihood(to_model_space(x[i : i + self.batch_size].to(model.device)), k=int(self.options.get("iwae_k", 1))).float()
+                for i in range(0, x.shape[0], self.batch_size)
+            ]
         return Features(torch.cat(out)[:, None].cpu())
-

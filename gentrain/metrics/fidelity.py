@@ -11,9 +11,15 @@ The mathematics is torch-fidelity's (the reference implementations of the papers
 - Modes (VEEGAN, PacGAN; 2-D Gaussian-mixture toy sets only): modes covered, and the share of
   high-quality samples (within 3 std of a mode's centre), on the generated points themselves.
 
-A protocol name is ``<family><count>``: the family above and the number of generated samples
-(``fid10k`` = 10,000; ``fid500`` = 500). The reference side is the first ``count`` images of
-the reference split (fewer when the split is smaller; every result says how many).
+A protocol name is ``<family><count>[_<split>]``: the family above, the number of generated
+samples (``fid10k`` = 10,000; ``fid500`` = 500) and, for the families that compare with data
+(fid, kid, pr, nll), the reference split when it is not the test split. ``fid10k`` is the
+standard protocol of Lucic et al. 2018: 10,000 samples against the first 10,000 *test* images;
+``fid10k_val`` uses the validation split (in-training evaluation and model selection),
+``fid50k_train`` the training images (as StyleGAN's ``fid50k_full``). The reference side is the
+first ``count`` examples of that split (fewer when the split is smaller; every result says how
+many and which split). Result keys are the protocol's name plus the family's suffix
+(``pr10k_val_f1``, ``kid10k_std``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -73,6 +79,11 @@ class Family:
     compute: Callable[[Features, Features | None, dict[str, Any]], dict[str, float]]
     space: str = "inception"  # what "features" are: Inception outputs of images, or the 2-D "points" themselves
 
+    @property
+    def uses_split(self) -> bool:
+        """Whether its number depends on a data split (a reference set, or the examples whose likelihood it is)."""
+        return self.needs_reference or self.space == "likelihood"
+
 
 def _fid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
     assert ref is not None
@@ -81,7 +92,8 @@ def _fid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str,
         opts["notes"] = [
             f"strongly biased: fewer samples than feature dimensions ({n} < {dim}); compare only with FIDs at the same sample counts"
         ]
-    return {"": frechet_distance(moments(gen.pool), moments(ref.pool))}
+    # FID is a squared distance: a value a hair below zero (sqrtm rounding, e.g. -4.5e-5 for a set against itself) is 0
+    return {"": max(0.0, frechet_distance(moments(gen.pool), moments(ref.pool)))}
 
 
 def _kid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
@@ -103,9 +115,16 @@ def _is(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, 
     return {"": out["inception_score_mean"], "_std": out["inception_score_std"]}
 
 
+#: The k of precision/recall's k-nearest-neighbour manifolds (Kynkaanniemi et al. 2019; torch-fidelity's default).
+PR_NEIGHBOURS = 3
+
+
 def _pr(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
     assert ref is not None
-    out = prc_features_to_metric(gen.pool, ref.pool, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+    if min(len(gen), len(ref)) <= PR_NEIGHBOURS:
+        opts["notes"] = [f"not computed: the {PR_NEIGHBOURS}-nearest-neighbour manifolds need more than {PR_NEIGHBOURS} samples on each side ({len(gen)} generated, {len(ref)} reference)"]
+        return {}
+    out = prc_features_to_metric(gen.pool, ref.pool, prc_neighborhood=PR_NEIGHBOURS, prc_batch_size=10000, save_cpu_ram=True, verbose=False)
     return {"_precision": out["precision"], "_recall": out["recall"], "_f1": out["f_score"]}
 
 
@@ -142,14 +161,31 @@ register(Family("pr", ("_precision", "_recall", "_f1"), True, True, False, _pr))
 register(Family("modes", ("", "_hq"), True, False, False, _modes, space="points"))
 register(Family("nll", ("", "_bpd"), False, False, False, _nll, space="likelihood"))
 
-_PROTOCOL = re.compile(r"^(?P<family>[a-z]+?)(?P<count>\d+)(?P<k>k?)$")
+_PROTOCOL = re.compile(r"^(?P<family>[a-z]+?)(?P<count>\d+)(?P<k>k?)(?:_(?P<split>train|val|test))?$")
+
+#: The split a protocol without a split in its name compares with (the standard protocol's).
+DEFAULT_SPLIT = "test"
 
 
 @dataclass(frozen=True)
 class Protocol:
-    name: str  # e.g. "fid10k"
     family: Family
-    n: int  # generated samples
+    n: int  # generated samples (or examples, for likelihoods)
+    count: str  # the count as written, e.g. "10k"
+    split: str | None  # the split it compares with; None for families that use none (is, modes)
+    explicit: bool = False  # the split was written in the name (fid50k_train): it never follows the evaluation's split
+
+    @property
+    def name(self) -> str:
+        """``fid10k`` (test), ``fid10k_val``, ``fid50k_train``, ``is10k``."""
+        base = f"{self.family.name}{self.count}"
+        return base if self.split in (None, DEFAULT_SPLIT) else f"{base}_{self.split}"
+
+    def on(self, split: str) -> "Protocol":
+        """This protocol against ``split`` (unchanged when its split is fixed by its name or it uses none)."""
+        if self.explicit or self.split is None:
+            return self
+        return replace(self, split=split)
 
     @property
     def headline(self) -> str:
@@ -161,15 +197,26 @@ class Protocol:
 
 
 def parse_protocol(name: str) -> Protocol:
-    """``"fid10k"`` -> Protocol(fid, 10000); unknown families and counts below 2 are refused with one line."""
+    """``"fid10k"`` -> fid, 10,000 samples, test split; ``"fid5k_val"``: the validation split.
+
+    Unknown families, counts below 2 and a split on a family that uses none are refused with one line.
+    """
     match = _PROTOCOL.match(str(name))
     families = ", ".join(FAMILIES)
     if not match or match["family"] not in FAMILIES:
-        raise GentrainError(f"unknown metric {name!r}; use <family><count> with family one of {families}, e.g. eval.metrics=[fid10k,kid10k]")
+        raise GentrainError(
+            f"unknown metric {name!r}; use <family><count>[_<split>] with family one of {families} and split train, val or test, "
+            "e.g. eval.metrics=[fid10k,kid10k]"
+        )
+    family = FAMILIES[match["family"]]
+    count = match["count"] + match["k"]
     n = int(match["count"]) * (1000 if match["k"] else 1)
     if n < 2:
         raise GentrainError(f"metric {name!r} asks for {n} sample(s); metrics need at least 2, e.g. {match['family']}1k")
-    return Protocol(name, FAMILIES[match["family"]], n)
+    if match["split"] and not family.uses_split:
+        raise GentrainError(f"metric {name!r}: {family.name} compares with no data split; use {family.name}{count}")
+    split = (match["split"] or DEFAULT_SPLIT) if family.uses_split else None
+    return Protocol(family, n, count, split, explicit=bool(match["split"]))
 
 
 @dataclass
@@ -226,17 +273,36 @@ def compute(protocol: Protocol, gen: Features, ref: Features | None, opts: dict[
     opts = dict(opts)  # a family may leave notes (caveats of its number) in its own copy
     values = fam.compute(gen, ref, opts)
     result.values = {protocol.name + suffix: float(v) for suffix, v in values.items()}
+    result.available = bool(values)  # a family that cannot compute its number says why in its notes
     result.notes.extend(opts.get("notes", []))
     return result
 
 
+def parse_key(key: str) -> tuple[Protocol, str]:
+    """A result key such as ``fid10k``, ``fid10k_val`` or ``pr10k_val_f1`` -> (its protocol, the family's suffix)."""
+    match = re.match(r"^([a-z]+?)\d", key)
+    family = FAMILIES.get(match.group(1)) if match else None
+    for suffix in sorted(family.keys, key=len, reverse=True) if family else ():
+        if key.endswith(suffix):
+            try:
+                return parse_protocol(key[: len(key) - len(suffix)]), suffix
+            except GentrainError:
+                continue
+    parts = key.split("_")
+    for i in range(len(parts) - 1, 0, -1):  # a known protocol with a suffix its family does not have
+        try:
+            protocol = parse_protocol("_".join(parts[:i]))
+        except GentrainError:
+            continue
+        raise GentrainError(f"{key!r} is not a result of {protocol.name}; choose one of {', '.join(protocol.keys())}")
+    parse_protocol(key)  # the one-line error for an unknown family or count
+    raise GentrainError(f"{key!r} is not a result key; use a protocol's headline such as fid10k or pr10k_f1")
+
+
 def headline_direction(key: str) -> tuple[Protocol, bool]:
     """For a result key such as ``fid10k`` or ``pr10k_f1``: its protocol and whether higher is better."""
-    base = key.split("_")[0]
-    protocol = parse_protocol(base)
-    if key not in protocol.keys():
-        raise GentrainError(f"eval.best={key!r} is not a result of {base}; choose one of {', '.join(protocol.keys())}")
+    protocol, _ = parse_key(key)  # refuses a suffix the protocol's family does not have
     return protocol, protocol.family.higher_is_better
 
 
-__all__ = ["FAMILIES", "Features", "MetricResult", "Protocol", "compute", "frechet_distance", "moments", "parse_protocol"]
+__all__ = ["DEFAULT_SPLIT", "FAMILIES", "Features", "MetricResult", "Protocol", "compute", "frechet_distance", "moments", "parse_key", "parse_protocol"]

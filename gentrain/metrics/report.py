@@ -71,9 +71,11 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
         "| quantity | value |",
         "| --- | --- |",
     ]
-    for key in ("status", "steps", "start_step", "batch_size", "train_time_s", "steps_per_s", "examples_per_s", "seed"):
+    for key in ("status", "steps", "start_step", "batch_size", "batches_per_step", "train_time_s", "steps_per_s", "examples_per_s", "seed"):
         if key in run:
             lines.append(f"| {key} | {format_value(run[key])} |")
+    if run.get("resumed_with_changes"):
+        lines.append(f"| resumed with | {', '.join(run['resumed_with_changes'])} |")
     dev = report["device"]
     lines.append(f"| device | {dev['type']} ({dev['name']}), precision {dev['precision']} |")
     lines += ["", "## Final training metrics", "", f"Means over the last logging interval (up to {report['logger_every']} steps).", ""]
@@ -82,11 +84,16 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"| `{k}` | {format_value(v)} |")
     lines += ["", "## Evaluation", ""]
     if report["evaluation"]:
-        lines += [f"At step {report['evaluation_step']}.", ""]
+        lines += [
+            f"At step {report['evaluation_step']}. Each number names the split it compares with: keys ending in `_val` are the "
+            "validation split, on which in-training evaluation and `best.pt` select; the others are the final report "
+            "(`fid10k`: 10k samples against the first 10k test images).",
+            "",
+        ]
         lines += evaluation_markdown(report["evaluation"])
         if report.get("best"):
             b = report["best"]
-            lines += ["", f"`checkpoints/best.pt`: {b['key']} = {format_value(b['value'])} at step {b['step']}."]
+            lines += ["", f"`checkpoints/best.pt`: {b['key']} = {format_value(b['value'])} at step {b['step']} (chosen on the {b.get('split', 'val')} split)."]
     else:
         lines.append("No evaluation metrics were configured for this run (`eval.metrics` is empty; `eval=standard` turns them on).")
     if report.get("curves"):
@@ -158,7 +165,7 @@ def render_curves(jsonl: Path, out: Path) -> Path | None:
         name = k.rsplit("/", 1)[-1]
         group = "D outputs" if name in ("D_real", "D_fake") else "critic outputs" if name in ("critic_real", "critic_fake") else "losses"
         panels.setdefault(group, []).append(k)
-    eval_keys = sorted({k for r in evals for k in r if k not in ("kind", "step", "eval_time_s", "results") and not k.endswith("_std")})
+    eval_keys = sorted({k for r in evals for k in r if k not in ("kind", "step", "splits", "eval_time_s", "results") and not k.endswith("_std")})
     for key in eval_keys:  # one panel per protocol: FID and KID live on different scales
         panels.setdefault(f"eval: {key.split('_')[0]}", []).append(key)
     cols = min(len(panels), 3)

@@ -12,7 +12,7 @@ from gentrain.build import build, build_model
 from gentrain.config import DeviceSettings, EvalSettings, typed
 from gentrain.data.base import Dataset
 from gentrain.engine.checkpoint import find_checkpoint, load_checkpoint
-from gentrain.engine.ema import load_ema_weights
+from gentrain.engine.ema import EMA
 from gentrain.engine.device import check_precision, configure_backends, resolve_device
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import Evaluator, FeatureExtractor, ReferenceCache
@@ -43,13 +43,19 @@ def make_evaluator(es: EvalSettings, dataset: Dataset, device: torch.device) -> 
     )
 
 
-def best_key(es: EvalSettings) -> tuple[str, bool]:
-    """The result key that picks best.pt (default: the first metric's headline) and whether higher is better."""
-    key = es.best or parse_protocol(es.metrics[0]).headline
-    protocol, higher = headline_direction(key)
-    if protocol.name not in es.metrics:
-        raise GentrainError(f"eval.best={key} but {protocol.name} is not in eval.metrics={es.metrics}; add it or choose another eval.best")
-    return key, higher
+def best_key(es: EvalSettings, split: str) -> tuple[str, bool]:
+    """The result key that picks best.pt among evaluations on ``split`` (default: the first metric's headline) and whether higher is better.
+
+    ``eval.best`` names a headline as listed (``fid10k``, ``pr10k_f1``); the key is that protocol on
+    ``split`` (``fid10k_val``), unless its name fixes another split.
+    """
+    name = es.best or parse_protocol(es.metrics[0]).headline
+    protocol, higher = headline_direction(name)
+    listed = [parse_protocol(m).name for m in es.metrics]
+    if protocol.name not in listed:
+        raise GentrainError(f"eval.best={name} but {protocol.name} is not in eval.metrics={es.metrics}; add it or choose another eval.best")
+    suffix = name[len(protocol.name) :]
+    return protocol.on(split).name + suffix, higher
 
 
 def required(cfg: DictConfig, key: str, example: str) -> Any:
@@ -64,10 +70,11 @@ def cfg_task_name(cfg: DictConfig) -> str:
     return {"evaluate": "eval"}.get(target.rsplit(".", 1)[-1], target.rsplit(".", 1)[-1])
 
 
-def load_trained(spec: str, device: torch.device, use_ema: bool = True) -> tuple[Path, dict[str, Any], GenerativeModel, Dataset]:
-    """Checkpoint path, its contents, its model (weights loaded, on ``device``) and its dataset, from the run config it stores.
+def load_trained(spec: str, device: torch.device, use_ema: bool = True) -> tuple[Path, dict[str, Any], GenerativeModel, EMA | None, Dataset]:
+    """Checkpoint path, its contents, its model (trained weights, on ``device``, eval mode), its weight average and its dataset.
 
-    With ``use_ema`` and a checkpoint that holds a weight average (trainer.ema_decay), the model gets the averaged weights.
+    The average is None without ``use_ema`` or when the run kept none; sample and evaluate inside
+    ``gentrain.sampling.sampling_state(model, average)``, as training does.
     """
     path = find_checkpoint(spec)
     ckpt = load_checkpoint(path)
@@ -79,8 +86,7 @@ def load_trained(spec: str, device: torch.device, use_ema: bool = True) -> tuple
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise GentrainError(f"{path}: the weights do not fit the model of its own config ({str(e).splitlines()[0]})") from None
-    if use_ema and ckpt.get("ema") is not None:
-        load_ema_weights(model, ckpt["ema"])
-    model.eval()
+    model.eval()  # a script that samples without sampling_state still gets running statistics
+    average = EMA.from_checkpoint(model, ckpt.get("ema")) if use_ema else None
     dataset = build(OmegaConf.create(config["dataset"]), "dataset")
-    return path, ckpt, model, dataset
+    return path, ckpt, model, average, dataset

@@ -14,6 +14,7 @@ from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import flat_values
 from gentrain.metrics.report import evaluation_markdown, evaluation_table, versions, write_json, write_text
 from gentrain.engine.device import device_name
+from gentrain.sampling import sampling_state
 from gentrain.tasks.common import load_trained, make_evaluator, required, setup_device
 
 
@@ -24,15 +25,16 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     if not es.metrics:
         raise GentrainError("task=eval needs metrics; e.g. eval=standard or eval.metrics=[fid10k]")
     device, _ = setup_device(cfg)
-    path, ckpt, model, dataset = load_trained(str(spec), device, use_ema=es.use_ema)
+    path, ckpt, model, average, dataset = load_trained(str(spec), device, use_ema=es.use_ema)
     evaluator = make_evaluator(es, dataset, device)
     t0 = time.perf_counter()
-    results = evaluator(model)
+    with sampling_state(model, average):
+        results = evaluator(model, [es.split])
     elapsed = time.perf_counter() - t0
     report = {
         "checkpoint": str(path),
         "step": ckpt["step"],
-        "weights": "ema" if es.use_ema and ckpt.get("ema") is not None else "trained",
+        "weights": "ema" if average is not None else "trained",
         "choices": ckpt.get("choices", {}),
         "metrics": flat_values(results),
         "evaluation": [r.as_dict() for r in results],

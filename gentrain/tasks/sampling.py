@@ -12,24 +12,30 @@ from rich.console import Console
 
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import to_uint8
+from gentrain.config import EvalSettings, typed
+from gentrain.sampling import sample_batches, sampling_state
 from gentrain.tasks.common import load_trained, required, setup_device
 from gentrain.visual import sample_picture, save_png
 
 
 def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
+    """``n`` samples with ``seed``, drawn as evaluation draws them (batches of ``eval.batch_size``, the same weights and mode):
+    ``task=eval`` with ``eval.seed`` equal to this ``seed`` scores exactly these samples."""
     console = console or Console()
     spec = required(cfg, "ckpt", "gentrain task=sample ckpt=outputs/<date>/<time>/checkpoints/last.pt n=64")
     n = OmegaConf.select(cfg, "n", default=64)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise GentrainError(f"n must be a positive integer, got {n!r}; e.g. n=64")
+    es = typed(cfg.eval, EvalSettings, "eval")
     device, _ = setup_device(cfg)
-    path, ckpt, model, dataset = load_trained(str(spec), device, use_ema=bool(OmegaConf.select(cfg, "eval.use_ema", default=True)))
+    path, ckpt, model, average, dataset = load_trained(str(spec), device, use_ema=es.use_ema)
     out_dir = Path(OmegaConf.select(cfg, "out", default=None) or path.parent).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
     seed = int(OmegaConf.select(cfg, "seed", default=0))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        x, y = model.sample_with_labels(n, generator=generator)
+    with sampling_state(model, average):
+        drawn = list(sample_batches(model, n, seed, es.batch_size))
+    x = torch.cat([b[0] for b in drawn])
+    y = None if drawn[0][1] is None else torch.cat([b[1] for b in drawn])  # type: ignore[misc]
+    out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{path.stem}_step{ckpt['step']}_n{n}_seed{seed}"
     arrays = {"x": to_uint8(x).cpu().numpy() if x.dim() == 4 else x.float().cpu().numpy()}
     if y is not None:

@@ -1,9 +1,16 @@
-"""``task=train``: build data, model, objective and optimizers from the config; train; evaluate; report."""
+"""``task=train``: build data, model, objective and optimizers from the config; train; evaluate; report.
+
+Order matters for "a refusal changes nothing on disk": everything that can refuse the run (the
+typed settings, a resume's overrides, the model, objective and optimizers, the evaluation
+protocols) is checked before the run claims its directory; only then are ``.hydra/``,
+``gentrain.log`` and the outputs written. :func:`check` runs the same checks without data, for the
+CLI to refuse a bad sweep before its first job.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +19,25 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from gentrain.build import build, build_model, build_objective, build_optimizers, choice, seed_everything
-from gentrain.config import EvalSettings, LoggerSettings, TrainerSettings, typed
+from gentrain.config import DeviceSettings, EvalSettings, LoggerSettings, TrainerSettings, typed
+from gentrain.data.base import Dataset
 from gentrain.engine.checkpoint import find_checkpoint, load_checkpoint
 from gentrain.engine.device import device_name
+from gentrain.engine.ema import EMA
 from gentrain.engine.loader import BatchStream
 from gentrain.engine.loggers import flatten, summary_table
-from gentrain.engine.trainer import EvalSchedule, Trainer, TrainResult
+from gentrain.engine.rundir import RUN_LOG, RunDirectory, describe_os_error
+from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult
 from gentrain.errors import GentrainError
+from gentrain.metrics.evaluate import Evaluator
 from gentrain.metrics.fidelity import flat_values
 from gentrain.metrics.report import command_line, evaluation_table, versions, write_reports
+from gentrain.models.base import GenerativeModel
+from gentrain.objectives.base import Objective
 from gentrain.tasks.common import best_key, make_evaluator, setup_device
+from gentrain.tasks.resume import resume_config
 
-log = logging.getLogger(__name__)
-
+#: The groups a report names (model=dcgan dataset=digits objective=non_saturating).
 GROUPS = ("model", "dataset", "objective")
 
 
@@ -32,6 +45,13 @@ def hydra_run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _hydra() -> Any:
+    """Hydra's config of this invocation, or None outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 def resolve_config(cfg: DictConfig) -> dict[str, Any]:
@@ -55,64 +75,161 @@ def _resume_path(resume: Any, run_dir: Path) -> Path | None:
     return find_checkpoint(str(resume))
 
 
-def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None = None) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.objective``; write every output into ``run_dir``."""
-    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
-    console = console or Console()
-    resolved = resolve_config(cfg)
+def _run_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/<name>.pt``), or None."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+@dataclass
+class Setup:
+    """Everything a run is built from, before any data is read or anything is written."""
+
+    ts: TrainerSettings
+    ls: LoggerSettings
+    es: EvalSettings
+    ds: DeviceSettings
+    device: torch.device
+    dataset: Dataset
+    model: GenerativeModel
+    objective: Objective
+    optimizers: dict[str, torch.optim.Optimizer]
+    evaluator: Evaluator | None
+    schedule: EvalSchedule | None
+
+
+def prepare(cfg: DictConfig) -> Setup:
+    """Settings, model, objective, optimizers and evaluation of ``cfg``, all checked; reads no data, writes nothing."""
+    resolve_config(cfg)
     ts = typed(cfg.trainer, TrainerSettings, "trainer")
     ls = typed(cfg.logger, LoggerSettings, "logger")
     es = typed(cfg.eval, EvalSettings, "eval")
     device, ds = setup_device(cfg)
-    resume = _resume_path(ts.resume, run_dir)
-    seed_everything(ts.seed)
-
-    t0 = time.perf_counter()
     dataset = build(cfg.dataset, "dataset")
-    train_split = dataset.load("train")
     model = build_model(cfg).to(device)
-    model.check_data(train_split, choice(cfg, "dataset"))
     objective = build_objective(cfg, model)
     optimizers = build_optimizers(cfg, model, objective)
-    stream = BatchStream(train_split, ts.batch_size, device, ts.seed, ds.data_on_device)
-    schedule = None
+    if ts.ema_decay is not None:
+        EMA(model, ts.ema_decay)  # refuses a bad decay or a model with nothing to average
+    evaluator = schedule = None
     if es.metrics:
-        key, higher = best_key(es)
         evaluator = make_evaluator(es, dataset, device)
         evaluator.check_model(model)
-        schedule = EvalSchedule(evaluator, es.every, es.at_end, key, higher)
-    choices = {g: choice(cfg, g) for g in GROUPS}
-    trainer = Trainer(model, objective, optimizers, stream, device, ds.precision, run_dir, ts, ls, resolved, console, schedule, choices, es.use_ema)
+        key, higher = best_key(es, SELECTION_SPLIT)  # checked even when nothing is selected: a wrong eval.best is a mistake
+        if es.every:
+            evaluator.check_selection(es.every)
+            if not dataset.has_split(SELECTION_SPLIT):
+                raise GentrainError(
+                    f"eval.every={es.every} evaluates during training on the validation split, and dataset {dataset.name} has none "
+                    "(dataset.val_fraction=0); set dataset.val_fraction=0.1, or eval.every=0 to evaluate only at the end"
+                )
+        schedule = EvalSchedule(evaluator, es.every, es.at_end, es.split, key if es.every else None, higher)
+    return Setup(ts, ls, es, ds, device, dataset, model, objective, optimizers, evaluator, schedule)
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuse ``cfg`` with one line if it cannot train (the CLI checks every job of a sweep with this first)."""
+    ts = typed(cfg.trainer, TrainerSettings, "trainer")
+    if ts.resume not in (False, None, "false"):  # the checkpoint's config decides; checked when the job starts
+        return
+    prepare(cfg)
+
+
+def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.objective``; write every output into the run directory.
+
+    ``run_dir`` (default: Hydra's) is where the run goes; ``trainer.resume`` continues a checkpoint
+    from its stored config, in place when the checkpoint is that directory's own.
+    """
+    requested = Path(run_dir) if run_dir is not None else hydra_run_dir()
+    console = console or Console()
+    hydra = _hydra()
+    overrides = list(hydra.overrides.task) if hydra is not None else []
+    ts = typed(cfg.trainer, TrainerSettings, "trainer")
+    resume = _resume_path(ts.resume, requested)
+    ckpt, in_place = None, False
     if resume is not None:
-        trainer.load_state_dict(load_checkpoint(resume), str(resume))
-        console.print(f"resuming from {resume} at step {trainer.step}", highlight=False)
+        ckpt = load_checkpoint(resume)
+        if not isinstance(ckpt.get("config"), dict):
+            raise GentrainError(f"{resume} holds no run config; it was not written by gentrain's trainer")
+        cfg = resume_config(cfg, overrides, ckpt, resume)
+        run = _run_of(resume)
+        in_place = run is not None and run.resolve() == requested.resolve()
+    resolved = resolve_config(cfg)
+    seed_everything(typed(cfg.trainer, TrainerSettings, "trainer").seed)  # before the model is built: its initial weights are the seed's
+    setup = prepare(cfg)  # every refusal happens here or above: nothing is written yet
+    choices = dict(ckpt.get("choices") or {}) if ckpt is not None else _choices(cfg, hydra)
+    rundir, moved = RunDirectory.claim(requested, resume_in_place=in_place)
+    try:
+        if moved:
+            console.print(moved, highlight=False)
+        rundir.open(resolved, None if in_place else overrides, None if hydra is None else {"hydra": hydra}, ckpt["step"] if in_place and ckpt else None, list(ckpt.get("pending", [])) if ckpt else [])
+        if moved:
+            RUN_LOG.warning(moved)
+        return _train(resolved, setup, rundir.path, choices, ckpt, resume, console)
+    except GentrainError as e:
+        RUN_LOG.error(str(e))
+        raise
+    except OSError as e:  # a write the run could not make: full disk, read-only or vanished folder
+        where = e.filename or rundir.path
+        message = f"could not write {where} ({describe_os_error(e)}); free space or point hydra.run.dir at a writable folder; the checkpoints written so far are intact"
+        RUN_LOG.error(message)
+        raise GentrainError(message) from None
+    finally:
+        rundir.release()
+
+
+def _choices(cfg: DictConfig, hydra: Any) -> dict[str, Any]:
+    """The run's config-group options (model=dcgan ...), kept in the checkpoint so a resume knows what the run was."""
+    choices: dict[str, Any] = {g: choice(cfg, g) for g in GROUPS}
+    if hydra is not None:
+        choices |= {g: c for g, c in hydra.runtime.choices.items() if not g.startswith("hydra")}
+    return choices
+
+
+def _train(
+    resolved: dict[str, Any], setup: Setup, run_dir: Path, choices: dict[str, Any], ckpt: dict[str, Any] | None, source: Path | None, console: Console
+) -> dict[str, Any]:
+    s = setup
+    t0 = time.perf_counter()
+    train_split = s.dataset.load("train")
+    s.model.check_data(train_split, str(choices.get("dataset", "?")))
+    stream = BatchStream(train_split, s.ts.batch_size, s.device, s.ts.seed, s.ds.data_on_device)
+    trainer = Trainer(s.model, s.objective, s.optimizers, stream, s.device, s.ds.precision, run_dir, s.ts, s.ls, resolved, console, s.schedule, choices, s.es.use_ema)
+    changes: list[str] = []
+    if ckpt is not None:
+        changes = trainer.load_state_dict(ckpt, str(source))
+        note = f"; the configured optimizer settings apply: {', '.join(changes)}" if changes else ""
+        console.print(f"resuming from {source} at step {trainer.step}{note}", highlight=False)
+        RUN_LOG.info("resuming from %s at step %d%s", source, trainer.step, note)
     setup_s = time.perf_counter() - t0
-    n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in model.param_groups().items()}
-    console.print(
-        f"[bold]gentrain[/] model={choices['model']} dataset={choices['dataset']} objective={choices['objective']} "
-        f"on {device} ({ds.precision}); {stream.num_examples} training examples; parameters {n_params}; run dir {run_dir}",
-        highlight=False,
+    n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in s.model.param_groups().items()}
+    start = (
+        f"gentrain model={choices.get('model')} dataset={choices.get('dataset')} objective={choices.get('objective')} "
+        f"on {s.device} ({s.ds.precision}); {stream.num_examples} training examples; parameters {n_params}; run dir {run_dir}"
     )
-    if trainer.step >= ts.max_steps:
-        console.print(f"checkpoint is at step {trainer.step} >= trainer.max_steps={ts.max_steps}: nothing to train", highlight=False)
+    console.print(f"[bold]gentrain[/]{start.removeprefix('gentrain')}", highlight=False)
+    RUN_LOG.info("%s; command: %s", start, command_line())
+    if trainer.step >= s.ts.max_steps:
+        console.print(f"checkpoint is at step {trainer.step} >= trainer.max_steps={s.ts.max_steps}: nothing to train", highlight=False)
     result = trainer.fit()
-    report = make_report(choices, resolved, result, ts, ls, device, ds.precision, setup_s, n_params)
+    report = make_report(choices, resolved, result, s.ts, s.ls, s.device, s.ds.precision, setup_s, n_params, changes)
     write_reports(run_dir, report)
     if trainer.tb is not None:
         trainer.tb.hparams(hparam_view(choices, resolved), {**result.final, **report["metrics"], "steps": result.step})
         trainer.tb.close()
     losses = {k.removeprefix("train/"): v for k, v in result.final.items() if not k.startswith(("train/lr/", "train/steps_per_s"))}
     rows = {"steps": result.step, "steps/s (this session)": report["run"]["steps_per_s"], "wall time (s)": report["run"]["session_time_s"]}
-    console.print(summary_table(f"gentrain: {choices['model']} on {choices['dataset']}", {**rows, **losses}))
+    console.print(summary_table(f"gentrain: {choices.get('model')} on {choices.get('dataset')}", {**rows, **losses}))
     if result.evaluation:
         console.print(evaluation_table(report["evaluation"]))
     console.print(f"outputs in {run_dir} (report.md, tensorboard/, checkpoints/)", highlight=False)
+    RUN_LOG.info("completed at step %d; report: %s", result.step, run_dir / "report.md")
     return report
 
 
-def hparam_view(choices: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
+def hparam_view(choices: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
     """Group choices and the scalar settings of model, objective, trainer and dataset, flattened."""
-    params: dict[str, Any] = dict(choices)
+    params: dict[str, Any] = {g: choices.get(g) for g in GROUPS}
     for group in ("model", "objective", "trainer", "dataset"):
         for k, v in flatten(resolved.get(group, {}), f"{group}.").items():
             if not k.endswith("_target_") and not k.endswith("_partial_") and v is not None:
@@ -121,7 +238,7 @@ def hparam_view(choices: dict[str, str], resolved: dict[str, Any]) -> dict[str, 
 
 
 def make_report(
-    choices: dict[str, str],
+    choices: dict[str, Any],
     resolved: dict[str, Any],
     result: TrainResult,
     ts: TrainerSettings,
@@ -130,6 +247,7 @@ def make_report(
     precision: str,
     setup_s: float,
     n_params: dict[str, int],
+    resume_changes: list[str] | None = None,
 ) -> dict[str, Any]:
     session_steps = result.step - result.start_step
     # training time only: evaluation and pictures are not steps
@@ -138,17 +256,20 @@ def make_report(
         "command": command_line(),
         "run": {
             "status": "completed",
-            **choices,
+            **{g: choices.get(g) for g in GROUPS},
             "steps": result.step,
             "start_step": result.start_step,
             "batch_size": ts.batch_size,
+            "batches_per_step": result.batches_per_step,
             "seed": ts.seed,
             "train_time_s": round(result.train_time_s, 3),
             "session_time_s": round(result.session_time_s, 3),
             "setup_time_s": round(setup_s, 3),
             "steps_per_s": steps_per_s,
-            "examples_per_s": steps_per_s * ts.batch_size,
+            # every batch a step consumes: the discriminator's d_steps batches count too
+            "examples_per_s": steps_per_s * ts.batch_size * result.batches_per_step,
             "parameters": n_params,
+            "resumed_with_changes": list(resume_changes or []),
         },
         "device": {"type": device.type, "name": device_name(device), "precision": precision},
         "final": result.final,

@@ -1,0 +1,107 @@
+"""Every option of every config group trains two steps in some valid combination.
+
+Composing a preset is not enough (``model=wgan`` composed fine and failed at its first step). The
+options are read from ``configs/``: a new option without a combination here fails the test that
+lists them, so no preset ships untrained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, make_config, quiet_console, tiny_overrides
+from gentrain.config import CONFIG_DIR
+from gentrain.tasks import train
+from test_data import write_cifar, write_mnist_like
+from test_metrics import TinyExtractor
+
+#: The objective each model trains with here (presets that pick their own objective: that one).
+MODEL_OBJECTIVE = {
+    "dcgan": "non_saturating", "gan_mlp": "non_saturating", "cgan": "hinge", "acgan": "non_saturating",
+    "wgan": "wasserstein", "wgan_gp": "wasserstein_gp",
+    "vae": "elbo", "conv_vae": "elbo", "realnvp": "flow_nll", "glow": "flow_nll", "pixelcnn": "ar_nll", "made": "ar_nll",
+}
+#: A model each objective trains here.
+OBJECTIVE_MODEL = {
+    "minimax": "gan_mlp", "non_saturating": "dcgan", "hinge": "acgan", "wasserstein": "cgan", "wasserstein_gp": "gan_mlp",
+    "elbo": "conv_vae", "flow_nll": "glow", "ar_nll": "pixelcnn",
+}
+TINY_OF = {"wgan": TINY["dcgan"], "wgan_gp": TINY["dcgan"]}
+#: Datasets whose files a test writes (format-faithful; the real ones need a download or a Debian package).
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
+#: Options that cannot run on every machine, with the reason.
+NEEDS = {("device", "cuda"): ("CUDA", torch.cuda.is_available())}
+EXTRA_GROUPS = {"device": ["cpu", "auto", "cuda"], "eval": ["default", "standard"], "logger": ["default"], "trainer": ["default"]}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def data_files(dataset: str, root: Path) -> list[str]:
+    """Overrides that point a file-based dataset at small files this test writes."""
+    if dataset in ("mnist", "fashion_mnist"):
+        write_mnist_like(root / {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[dataset] / "raw", seed=0, n_train=40)
+        return [f"dataset.root={root}"] + (["dataset.system_dir=/nonexistent"] if dataset == "fashion_mnist" else [])
+    if dataset == "cifar10":
+        write_cifar(root, seed=0)  # 10 training images
+        return [f"dataset.root={root}", "trainer.batch_size=4"]
+    if dataset == "image_folder":
+        folder = root / "images"
+        folder.mkdir(parents=True)
+        g = torch.Generator().manual_seed(0)
+        for i in range(20):
+            Image.fromarray(torch.randint(0, 256, (12, 12, 3), generator=g, dtype=torch.uint8).numpy()).save(folder / f"{i}.png")
+        return [f"dataset.path={folder}", "dataset.size=8", "trainer.batch_size=8"]
+    return []
+
+
+def combination(group: str, option: str, root: Path) -> list[str]:
+    """Overrides for two steps of a valid run that uses ``group=option``."""
+    if group == "model":
+        objective = MODEL_OBJECTIVE[option]
+        return [*tiny_overrides(option if option in TINY else "dcgan", "digits", objective, steps=2), f"model={option}", *TINY_OF.get(option, [])]
+    if group == "objective":
+        return tiny_overrides(OBJECTIVE_MODEL[option], "digits", option, steps=2, extra=["model.d_norm=layer"] if option == "wasserstein" else [])
+    if group == "dataset":
+        return tiny_overrides("gan_mlp", option, steps=2, extra=data_files(option, root))
+    if group == "experiment":
+        files = data_files("fashion_mnist", root) if option == "fashion_dcgan" else []
+        # the preset as it is, at test size: two steps, tiny networks, tiny sample counts
+        size = ["trainer.max_steps=2", "trainer.batch_size=16", "logger.progress=false", "logger.n_samples=16", "logger.n_points=64"]
+        tiny_model = TINY["dcgan"] if option == "fashion_dcgan" else TINY["gan_mlp"]
+        counts = ["eval.metrics=[fid16,kid16,pr16,is16]", "eval.kid_subset_size=8", "eval.batch_size=16"] if option == "fashion_dcgan" else ["eval.metrics=[modes64]"]
+        return [f"experiment={option}", *size, *tiny_model, *files, *counts]
+    base = tiny_overrides("gan_mlp", "digits", steps=2)
+    extra = ["eval.metrics=[fid16,kid16,pr16,is16]", "eval.kid_subset_size=8", "eval.batch_size=16"] if (group, option) == ("eval", "standard") else []
+    return [*[o for o in base if not o.startswith("device=")], f"{group}={option}", *extra]
+
+
+CASES = [(g, o) for g in ("model", "objective", "dataset", "experiment") for o in options(g)] + [
+    (g, o) for g, opts in EXTRA_GROUPS.items() for o in opts
+]
+
+
+def test_every_option_of_every_group_has_a_combination():
+    for group in ("model", "objective", "dataset", "experiment", *EXTRA_GROUPS):
+        listed = {o for g, o in CASES if g == group}
+        assert listed == set(options(group)), f"configs/{group}: add the new option(s) {set(options(group)) - listed} to tests/test_config_groups.py"
+    assert set(MODEL_OBJECTIVE) == set(options("model")) and set(OBJECTIVE_MODEL) == set(options("objective"))
+
+
+@pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_option_trains_two_steps(tmp_path, monkeypatch, group, option):
+    need, available = NEEDS.get((group, option), ("", True))
+    if not available:
+        pytest.skip(f"{group}={option} needs {need}")
+    monkeypatch.setattr("gentrain.tasks.common.inception_extractor", lambda es, device: TinyExtractor())
+    monkeypatch.setenv("GENTRAIN_CACHE", str(tmp_path / "cache"))
+    report = train(make_config(combination(group, option, tmp_path / "data")), run_dir=tmp_path / "run", console=quiet_console())
+    assert report["run"]["steps"] == 2 and report["run"]["status"] == "completed"
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in report["final"].items() if k != "train/steps_per_s")
+    if group in ("model", "objective", "dataset"):
+        assert report["run"][group] == option
