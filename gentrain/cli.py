@@ -187,3 +187,7 @@ def main() -> None:
     if _FAILED_JOBS:
         print(f"error: {len(_FAILED_JOBS)} sweep job(s) failed ({', '.join(_FAILED_JOBS)}); each printed its reason above", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

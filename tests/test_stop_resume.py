@@ -117,6 +117,7 @@ def test_a_stop_during_an_evaluation_cuts_it_short_and_resume_runs_it_first(tmp_
     full = json.loads((tmp_path / "full" / "report.json").read_text())
     assert [without_timing(r) for r in records(tmp_path / "run", "eval")] == [without_timing(r) for r in records(tmp_path / "full", "eval")]
     assert report["best"] == full["best"] and report["metrics"] == full["metrics"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["pending"] == []
 
 
 def test_a_second_signal_while_the_checkpoint_is_written_gets_one_line_and_the_checkpoint_stays_whole(tmp_path, monkeypatch):

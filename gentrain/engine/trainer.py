@@ -295,6 +295,7 @@ class Trainer:
                 if self.pending:  # hooks the interrupted session skipped at its last step
                     RUN_LOG.info("running the %s of step %d that the stopped session skipped", " and ".join(self.pending), self.step)
                     self._run_hooks(list(self.pending), self.step >= s.max_steps)
+                    self._checkpoint()  # no longer pending (and best.pt's record is current), even if no step follows
                 self.model.train()
                 while self.step < s.max_steps and not self.stop.requested:
                     if s.warmup_steps and self.step <= s.warmup_steps:

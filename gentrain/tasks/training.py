@@ -140,6 +140,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     ``run_dir`` (default: Hydra's) is where the run goes; ``trainer.resume`` continues a checkpoint
     from its stored config, in place when the checkpoint is that directory's own.
     """
+    t0 = time.perf_counter()
     requested = Path(run_dir) if run_dir is not None else hydra_run_dir()
     console = console or Console()
     hydra = _hydra()
@@ -165,7 +166,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
         rundir.open(resolved, None if in_place else overrides, None if hydra is None else {"hydra": hydra}, ckpt["step"] if in_place and ckpt else None, list(ckpt.get("pending", [])) if ckpt else [])
         if moved:
             RUN_LOG.warning(moved)
-        return _train(resolved, setup, rundir.path, choices, ckpt, resume, console)
+        return _train(resolved, setup, rundir.path, choices, ckpt, resume, console, t0)
     except GentrainError as e:
         RUN_LOG.error(str(e))
         raise
@@ -187,10 +188,10 @@ def _choices(cfg: DictConfig, hydra: Any) -> dict[str, Any]:
 
 
 def _train(
-    resolved: dict[str, Any], setup: Setup, run_dir: Path, choices: dict[str, Any], ckpt: dict[str, Any] | None, source: Path | None, console: Console
+    resolved: dict[str, Any], setup: Setup, run_dir: Path, choices: dict[str, Any], ckpt: dict[str, Any] | None, source: Path | None,
+    console: Console, t0: float,
 ) -> dict[str, Any]:
     s = setup
-    t0 = time.perf_counter()
     train_split = s.dataset.load("train")
     s.model.check_data(train_split, str(choices.get("dataset", "?")))
     stream = BatchStream(train_split, s.ts.batch_size, s.device, s.ts.seed, s.ds.data_on_device)
