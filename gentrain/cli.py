@@ -56,14 +56,13 @@ def _parse(argv: list[str]) -> Any:
     return args
 
 
-def _runs_to_check(argv: list[str]) -> list[list[str]] | None:
+def _runs_to_check(args: Any) -> list[list[str]] | None:
     """The override lists to compose before Hydra starts: the run, or for ``-m`` every job of the sweep (every
     option of every list at least once when the sweep is very large). None where Hydra should answer alone
     (help, --info, another config, sweeps of ranges or globs)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ValueType
 
-    args = _parse(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun:
         return None
     if args.config_path or args.config_name or args.config_dir:
@@ -113,13 +112,14 @@ def _precheck(argv: list[str]) -> None:
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    runs = _runs_to_check(argv) or []
-    semantic = not _parse(argv).cfg  # --cfg prints the config: it need not be trainable
+    args = _parse(argv)
+    runs = _runs_to_check(args) or []
+    semantic = not args.cfg  # --cfg prints the config: it need not be trainable
     try:
         for i, overrides in enumerate(runs):
             cfg = compose_app_config(overrides)
             if i == 0:
-                _check_writable(cfg, _parse(argv).multirun)
+                _check_writable(cfg, args.multirun)
             target = str(OmegaConf.select(cfg, "task._target_", default=""))
             if semantic and target.endswith(".train"):
                 from gentrain.tasks.training import check

@@ -161,10 +161,9 @@ class Trainer:
         self.console = console or Console()
         self.groups = model.param_groups()
         self.group_params = {name: [p for p in module.parameters()] for name, module in self.groups.items()}
-        # which parameters the model itself leaves trainable (a frozen one, such as a fixed decoder
-        # variance, stays frozen): phases switch only these, and fit() restores every flag
-        self.trainable = [(p, p.requires_grad) for p in model.parameters()]
-        self._frozen = {id(p) for p, flag in self.trainable if not flag}
+        # the parameters the model itself leaves trainable: phases switch only these (a frozen one,
+        # such as a fixed decoder variance, stays frozen), and fit() turns them all back on
+        self.switchable = {name: [p for p in params if p.requires_grad] for name, params in self.group_params.items()}
         self.batches_per_step = sum(phase.repeats for phase in objective.phases)
         self.step = 0
         self.train_time_s = 0.0
@@ -253,10 +252,9 @@ class Trainer:
     def _set_trainable(self, phase: str) -> None:
         """Only the phase's parameter group builds gradients: no wasted backward through the others."""
         if len(self.groups) > 1:
-            for name, params in self.group_params.items():
-                active = name == phase
+            for name, params in self.switchable.items():
                 for p in params:
-                    p.requires_grad_(active and id(p) not in self._frozen)
+                    p.requires_grad_(name == phase)
 
     def _phase_update(self, phase: str) -> None:
         batch = self.stream.next()
@@ -324,8 +322,9 @@ class Trainer:
                     )
         finally:
             progress.close()
-            for p, flag in self.trainable:
-                p.requires_grad_(flag)
+            for params in self.switchable.values():
+                for p in params:
+                    p.requires_grad_(True)
             if self.tb is not None:
                 self.tb.flush()
         session = time.perf_counter() - session_start
@@ -382,7 +381,10 @@ class Trainer:
         tensors = [t for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
         return torch.stack([t.isfinite().all() for t in tensors]).all() if tensors else torch.ones((), dtype=torch.bool)
 
-    def _refuse_non_finite(self, values: dict[str, float], finite: float) -> None:
+    def _checked_means(self, reset: bool) -> dict[str, float]:
+        """The interval's means, read in one host sync with the model's finiteness; a non-finite loss or model stops the run."""
+        values = self.acc.mean({"finite": self._finite()}, reset=reset)
+        finite = values.pop("finite")
         bad = sorted(k for k, v in values.items() if not math.isfinite(v) and k != "train/steps_per_s")
         last = self.run_dir / "checkpoints" / "last.pt"
         kept = f"the last finite checkpoint (step {self._saved_step}) is kept: {last}" if self._saved_step is not None else "no checkpoint was written"
@@ -398,11 +400,10 @@ class Trainer:
                 f"the model became non-finite by step {self.step} ({first} holds inf or nan) though the logged losses did not; "
                 f"lower the learning rate (model.optimizer.<phase>.lr); {kept}"
             )
+        return values
 
     def _log(self, progress: ConsoleProgress | None = None) -> None:
-        values = self.acc.mean({"finite": self._finite()})
-        finite = values.pop("finite")
-        self._refuse_non_finite(values, finite)
+        values = self._checked_means(reset=True)
         if not values:
             return
         now = time.perf_counter()
@@ -493,9 +494,7 @@ class Trainer:
 
     def _checkpoint(self) -> Path:
         """Save ``last.pt`` unless the model or the current interval's losses are non-finite (checked in one host sync)."""
-        values = self.acc.mean({"finite": self._finite()}, reset=False)
-        finite = values.pop("finite")
-        self._refuse_non_finite(values, finite)
+        self._checked_means(reset=False)  # the interval goes on: its means are logged at the next log step
         path = self.save()
         self._saved_step = self.step
         RUN_LOG.info("checkpoint at step %d: %s", self.step, path)

@@ -29,7 +29,6 @@ from gentrain.engine.loggers import flatten, summary_table
 from gentrain.engine.rundir import RUN_LOG, RunDirectory, describe_os_error
 from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult
 from gentrain.errors import GentrainError
-from gentrain.metrics.evaluate import Evaluator
 from gentrain.metrics.fidelity import flat_values
 from gentrain.metrics.report import command_line, evaluation_table, versions, write_reports
 from gentrain.models.base import GenerativeModel
@@ -93,24 +92,27 @@ class Setup:
     model: GenerativeModel
     objective: Objective
     optimizers: dict[str, torch.optim.Optimizer]
-    evaluator: Evaluator | None
     schedule: EvalSchedule | None
 
 
 def prepare(cfg: DictConfig) -> Setup:
-    """Settings, model, objective, optimizers and evaluation of ``cfg``, all checked; reads no data, writes nothing."""
+    """Settings, model, objective, optimizers and evaluation of ``cfg``, all checked; reads no data, writes nothing.
+
+    The global RNGs are seeded with ``trainer.seed`` first, so the model's initial weights are the seed's.
+    """
     resolve_config(cfg)
     ts = typed(cfg.trainer, TrainerSettings, "trainer")
     ls = typed(cfg.logger, LoggerSettings, "logger")
     es = typed(cfg.eval, EvalSettings, "eval")
     device, ds = setup_device(cfg)
     dataset = build(cfg.dataset, "dataset")
+    seed_everything(ts.seed)
     model = build_model(cfg).to(device)
     objective = build_objective(cfg, model)
     optimizers = build_optimizers(cfg, model, objective)
     if ts.ema_decay is not None:
         EMA(model, ts.ema_decay)  # refuses a bad decay or a model with nothing to average
-    evaluator = schedule = None
+    schedule = None
     if es.metrics:
         evaluator = make_evaluator(es, dataset, device)
         evaluator.check_model(model)
@@ -123,7 +125,7 @@ def prepare(cfg: DictConfig) -> Setup:
                     "(dataset.val_fraction=0); set dataset.val_fraction=0.1, or eval.every=0 to evaluate only at the end"
                 )
         schedule = EvalSchedule(evaluator, es.every, es.at_end, es.split, key if es.every else None, higher)
-    return Setup(ts, ls, es, ds, device, dataset, model, objective, optimizers, evaluator, schedule)
+    return Setup(ts, ls, es, ds, device, dataset, model, objective, optimizers, schedule)
 
 
 def check(cfg: DictConfig) -> None:
@@ -145,8 +147,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     console = console or Console()
     hydra = _hydra()
     overrides = list(hydra.overrides.task) if hydra is not None else []
-    ts = typed(cfg.trainer, TrainerSettings, "trainer")
-    resume = _resume_path(ts.resume, requested)
+    resume = _resume_path(typed(cfg.trainer, TrainerSettings, "trainer").resume, requested)
     ckpt, in_place = None, False
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -156,7 +157,6 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
         run = _run_of(resume)
         in_place = run is not None and run.resolve() == requested.resolve()
     resolved = resolve_config(cfg)
-    seed_everything(typed(cfg.trainer, TrainerSettings, "trainer").seed)  # before the model is built: its initial weights are the seed's
     setup = prepare(cfg)  # every refusal happens here or above: nothing is written yet
     choices = dict(ckpt.get("choices") or {}) if ckpt is not None else _choices(cfg, hydra)
     rundir, moved = RunDirectory.claim(requested, resume_in_place=in_place)
