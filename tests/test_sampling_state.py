@@ -163,3 +163,20 @@ def test_the_same_seed_gives_the_same_order_on_the_gpu_and_in_host_memory_and_re
     resumed.load_state_dict(on_gpu.state_dict())
     for _ in range(20):
         assert torch.equal(on_gpu.next().x.cpu(), resumed.next().x.cpu())
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_trainer_ema_warmup_reaches_the_weight_average(train_run, warmup):
+    from gentrain.engine.checkpoint import load_checkpoint
+
+    run_dir, _ = train_run(tiny_overrides("gan_mlp", "ring8", steps=3, extra=["trainer.ema_decay=0.999", f"trainer.ema_warmup={str(warmup).lower()}"]))
+    ema = load_checkpoint(run_dir / "checkpoints" / "last.pt")["ema"]
+    assert ema["warmup"] is warmup and ema["updates"] == 2  # the copy at step 1, then two averaged updates
+
+
+def test_a_bad_ema_warmup_is_one_line(train_run):
+    from gentrain.errors import GentrainError
+
+    with pytest.raises(GentrainError, match="trainer.ema_warmup") as e:
+        train_run(tiny_overrides("gan_mlp", "ring8", extra=["trainer.ema_decay=0.999", "trainer.ema_warmup=maybe"]))
+    assert "\n" not in str(e.value)
