@@ -86,17 +86,21 @@ def spectral_norm_(module: nn.Module) -> nn.Module:
 class AdversarialModel(GenerativeModel):
     """A generator ``G(z, y) -> x`` and a discriminator (critic) ``D(x, y) -> (logit [B], class logits [B, K] or None)``.
 
-    Unconditional models ignore ``y``. Conditional models set ``num_classes`` and override
+    Unconditional models ignore ``y``. A model built with ``pack > 1`` has a discriminator that takes
+    ``pack`` samples concatenated (PacGAN); the objective packs the batches it feeds it. Conditional models set ``num_classes`` and override
     :meth:`generate` and :meth:`discriminate`; auxiliary-classifier models return class logits.
     """
 
     num_classes: int | None = None
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, z_dim: int, spectral_norm: bool = False) -> None:
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, z_dim: int, spectral_norm: bool = False, pack: int = 1) -> None:
         super().__init__()
         self.generator = generator
         self.discriminator = spectral_norm_(discriminator) if spectral_norm else discriminator
         self.z_dim = z_dim
+        #: How many samples the discriminator judges at once (PacGAN, Lin et al. 2018): its input is
+        #: ``pack`` samples concatenated along the first data axis (see ``objective.pack``).
+        self.pack = pack
 
     @property
     def conditional(self) -> bool:

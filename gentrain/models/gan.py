@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, check_int
 from gentrain.models.base import AdversarialModel
 
 log = logging.getLogger(__name__)
@@ -45,33 +45,135 @@ class _Reshape(nn.Module):
         return f"shape={self.shape}"
 
 
-def mlp_generator(z_dim: int, shape: Sequence[int], widths: Sequence[int], batchnorm: bool = True) -> nn.Sequential:
-    """z [B, z_dim] -> widths... -> data [B, *shape]; LeakyReLU(0.2), batch norm after every hidden layer but the first."""
+#: Hidden-unit nonlinearities of the MLP networks (``model.g_activation``, ``model.d_activation``).
+ACTIVATIONS = ("relu", "leaky_relu", "maxout", "tanh")
+#: Where the MLP networks put batch norm (``model.g_batchnorm``, ``model.d_batchnorm``).
+BATCHNORM = ("all", "all_but_first", "none")
+#: Weight initialisations (``model.init``).
+INITS = ("default", "dcgan", "orthogonal")
+#: LeakyReLU's negative slope (Radford et al. 2016).
+LEAKY_SLOPE = 0.2
+
+
+class Maxout(nn.Module):
+    """Maxout units (Goodfellow et al. 2013): ``h_j = max_k (W x + b)_{j,k}`` over ``pieces`` affine pieces.
+
+    One ``nn.Linear(in_features, out_features * pieces)`` whose outputs are read as
+    ``[..., out_features, pieces]`` (piece fastest), then the maximum over the pieces, as Blocks'
+    ``LinearMaxout`` that PacGAN's and ALI's released toy discriminators use.
+    """
+
+    def __init__(self, in_features: int, out_features: int, pieces: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features * pieces)
+        self.out_features, self.pieces = out_features, pieces
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).unflatten(-1, (self.out_features, self.pieces)).amax(-1)
+
+    def extra_repr(self) -> str:
+        return f"out_features={self.out_features}, pieces={self.pieces}"
+
+
+def _choice(value: str, options: Sequence[str], key: str, example: str) -> str:
+    if value not in options:
+        raise GentrainError(f"{key}={value!r} is not one of {', '.join(options)}; e.g. {key}={example}")
+    return value
+
+
+def batchnorm_placement(value: str | bool, key: str) -> str:
+    """``all`` | ``all_but_first`` | ``none``; the booleans of older configs read as ``all_but_first`` (true) and ``none``."""
+    if isinstance(value, bool):
+        return "all_but_first" if value else "none"
+    return _choice(value, BATCHNORM, key, "all")
+
+
+def mlp_hidden(
+    d_in: int, widths: Sequence[int], activation: str, batchnorm: str, pieces: int = 5
+) -> tuple[list[nn.Module], int]:
+    """Hidden layers ``d_in -> widths...`` and the width they end with.
+
+    Each layer: an affine map (``Maxout`` of ``pieces`` pieces for ``activation="maxout"``), then
+    batch norm where ``batchnorm`` puts it (``all``, ``all_but_first``, ``none``), then the
+    nonlinearity. A linear layer followed by batch norm has no bias: the normalisation subtracts it.
+    """
     layers: list[nn.Module] = []
-    d_in = z_dim
     for i, width in enumerate(widths):
-        layers.append(nn.Linear(d_in, width))
-        if batchnorm and i > 0:  # as in the reference MLP GAN: the first layer normalises nothing useful yet
+        norm = batchnorm == "all" or (batchnorm == "all_but_first" and i > 0)
+        if activation == "maxout":
+            layers.append(Maxout(d_in, width, pieces))  # each piece's bias shapes the maximum: kept
+        else:
+            layers.append(nn.Linear(d_in, width, bias=not norm))
+        if norm:
             layers.append(nn.BatchNorm1d(width))
-        layers.append(nn.LeakyReLU(0.2))
+        if activation == "relu":
+            layers.append(nn.ReLU())
+        elif activation == "leaky_relu":
+            layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+        elif activation == "tanh":
+            layers.append(nn.Tanh())
         d_in = width
+    return layers, d_in
+
+
+def mlp_generator(
+    z_dim: int,
+    shape: Sequence[int],
+    widths: Sequence[int],
+    activation: str = "leaky_relu",
+    batchnorm: str = "all_but_first",
+    pieces: int = 5,
+) -> nn.Sequential:
+    """z [B, z_dim] -> widths... -> data [B, *shape]; see :func:`mlp_hidden`. The output layer has a bias and no norm."""
+    layers, d_in = mlp_hidden(z_dim, widths, activation, batchnorm, pieces)
     layers += [nn.Linear(d_in, _numel(shape)), _output_activation(shape), _Reshape(shape)]
     return nn.Sequential(*layers)
 
 
-def mlp_discriminator(shape: Sequence[int], widths: Sequence[int], out_features: int = 1) -> nn.Sequential:
-    """data [B, *shape] -> widths... -> logit [B, out_features]; LeakyReLU(0.2), no sigmoid (objectives work on logits)."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    d_in = _numel(shape)
-    for width in widths:
-        layers += [nn.Linear(d_in, width), nn.LeakyReLU(0.2)]
-        d_in = width
-    layers.append(nn.Linear(d_in, out_features))
-    return nn.Sequential(*layers)
+def mlp_discriminator(
+    shape: Sequence[int],
+    widths: Sequence[int],
+    out_features: int = 1,
+    activation: str = "leaky_relu",
+    batchnorm: str = "none",
+    pieces: int = 5,
+) -> nn.Sequential:
+    """data [B, *shape] -> widths... -> logit [B, out_features]; no sigmoid (objectives work on logits)."""
+    layers, d_in = mlp_hidden(_numel(shape), widths, activation, batchnorm, pieces)
+    return nn.Sequential(nn.Flatten(), *layers, nn.Linear(d_in, out_features))
+
+
+def packed_shape(shape: Sequence[int], pack: int) -> tuple[int, ...]:
+    """The discriminator's input shape when it sees ``pack`` samples at once (PacGAN, Lin et al. 2018).
+
+    Samples are concatenated along the first data axis: ``[pack * D]`` for vectors, ``[pack * C, H, W]``
+    for images, which is what ``x.reshape(B // pack, pack * x.shape[1], ...)`` of a batch gives.
+    """
+    return (int(shape[0]) * pack, *(int(s) for s in shape[1:]))
+
+
+def init_weights_(module: nn.Module, init: str) -> None:
+    """``dcgan``: :func:`dcgan_init_`; ``orthogonal``: orthogonal weights (Saxe et al. 2014), zero biases; ``default``: PyTorch's own."""
+    if init == "dcgan":
+        dcgan_init_(module)
+    elif init == "orthogonal":
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                nn.init.orthogonal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 class GanMLP(AdversarialModel):
-    """Fully connected GAN: G z(100) -> 128 -> 256 -> 512 -> 1024 -> data; D data -> 512 -> 256 -> 1."""
+    """Fully connected GAN; by default G z(100) -> 128 -> 256 -> 512 -> 1024 -> data, D data -> 512 -> 256 -> 1, LeakyReLU(0.2).
+
+    Every choice is a config key: widths and ``z_dim``; ``g_activation`` / ``d_activation``
+    (``relu``, ``leaky_relu``, ``maxout`` of ``maxout_pieces`` pieces, ``tanh``); ``g_batchnorm`` /
+    ``d_batchnorm`` (``all``, ``all_but_first``, ``none``); ``init`` (``default``, ``dcgan`` N(0, 0.02),
+    ``orthogonal``); ``pack``, the samples D judges at once (PacGAN; follows ``objective.pack``).
+    PacGAN's toy networks (``experiment=pacgan_ring``): G 4 x 400 ReLU with batch norm on every
+    layer, D 3 x 200 maxout of 5 pieces, N(0, 0.02), 2-D noise.
+    """
 
     def __init__(
         self,
@@ -79,12 +181,28 @@ class GanMLP(AdversarialModel):
         z_dim: int = 100,
         g_widths: Sequence[int] = (128, 256, 512, 1024),
         d_widths: Sequence[int] = (512, 256),
-        g_batchnorm: bool = True,
+        g_batchnorm: str | bool = "all_but_first",
+        d_batchnorm: str | bool = "none",
+        g_activation: str = "leaky_relu",
+        d_activation: str = "leaky_relu",
+        maxout_pieces: int = 5,
+        init: str = "default",
         spectral_norm: bool = False,
+        pack: int = 1,
     ) -> None:
         shape = _check_shape(shape)
-        discriminator = mlp_discriminator(shape, list(d_widths))  # first: the seeded initialisation draws D, then G
-        super().__init__(mlp_generator(z_dim, shape, list(g_widths), g_batchnorm), discriminator, z_dim, spectral_norm)
+        g_bn, d_bn = batchnorm_placement(g_batchnorm, "model.g_batchnorm"), batchnorm_placement(d_batchnorm, "model.d_batchnorm")
+        _choice(g_activation, ACTIVATIONS, "model.g_activation", "relu")
+        _choice(d_activation, ACTIVATIONS, "model.d_activation", "maxout")
+        _choice(init, INITS, "model.init", "dcgan")
+        pieces = check_int(maxout_pieces, "model.maxout_pieces", 2, example=5)
+        pack = check_int(pack, "model.pack", 1, example=2)
+        # first: the seeded initialisation draws D, then G
+        discriminator = mlp_discriminator(packed_shape(shape, pack), list(d_widths), 1, d_activation, d_bn, pieces)
+        generator = mlp_generator(z_dim, shape, list(g_widths), g_activation, g_bn, pieces)
+        init_weights_(discriminator, init)
+        init_weights_(generator, init)
+        super().__init__(generator, discriminator, z_dim, spectral_norm, pack)
 
 
 def dcgan_layout(size: int) -> tuple[int, int]:
@@ -166,7 +284,7 @@ def dcgan_init_(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
@@ -176,7 +294,9 @@ class DCGAN(AdversarialModel):
 
     ``d_norm``: the discriminator's normalisation, ``batch`` (DCGAN), ``layer`` or ``none`` (WGAN-GP
     critics: the gradient penalty is per sample, which batch norm would couple); ``spectral_norm``
-    normalises every discriminator layer (SNGAN).
+    normalises every discriminator layer (SNGAN); ``init``: ``dcgan`` (N(0, 0.02), the paper's),
+    ``orthogonal`` or ``default`` (PyTorch's); ``pack``: samples D judges at once (PacGAN: D takes
+    ``pack * C`` channels; follows ``objective.pack``).
     """
 
     def __init__(
@@ -189,18 +309,26 @@ class DCGAN(AdversarialModel):
         spectral_norm: bool = False,
         mlp_g_widths: Sequence[int] = (128, 256, 512, 1024),
         mlp_d_widths: Sequence[int] = (512, 256),
+        init: str = "dcgan",
+        pack: int = 1,
     ) -> None:
         shape = _check_shape(shape)
         _check_d_norm(d_norm)
+        _choice(init, INITS, "model.init", "dcgan")
+        pack = check_int(pack, "model.pack", 1, example=2)
         if len(shape) == 1:
             log.warning("model=dcgan: vector data %s has no spatial axes, so it uses the MLP networks", shape)
-            generator, discriminator = mlp_generator(z_dim, shape, list(mlp_g_widths)), mlp_discriminator(shape, list(mlp_d_widths))
+            generator = mlp_generator(z_dim, shape, list(mlp_g_widths))
+            discriminator = mlp_discriminator(packed_shape(shape, pack), list(mlp_d_widths))
+            if init != "dcgan":  # the MLP networks keep their own (PyTorch's) initialisation unless asked
+                init_weights_(generator, init)
+                init_weights_(discriminator, init)
         else:
             _check_square("dcgan", shape)
-            generator, discriminator = dcgan_generator(z_dim, shape, g_width), dcgan_discriminator(shape, d_width, d_norm)
-            dcgan_init_(generator)
-            dcgan_init_(discriminator)
-        super().__init__(generator, discriminator, z_dim, spectral_norm)
+            generator, discriminator = dcgan_generator(z_dim, shape, g_width), dcgan_discriminator(packed_shape(shape, pack), d_width, d_norm)
+            init_weights_(generator, init)
+            init_weights_(discriminator, init)
+        super().__init__(generator, discriminator, z_dim, spectral_norm, pack)
 
 
 def _check_square(name: str, shape: tuple[int, ...]) -> None:

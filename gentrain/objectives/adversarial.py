@@ -32,6 +32,14 @@ class AdversarialObjective(Objective):
     Subclasses implement :meth:`critic_loss` and :meth:`generator_loss` on logits; they may add a
     :meth:`penalty` (WGAN-GP) or an :meth:`after_update` hook (weight clipping). ``aux_weight``
     scales the auxiliary classifier's cross-entropy for models that have one (AC-GAN, Odena et al. 2017).
+
+    ``pack`` (PacGAN, Lin et al. 2018): the discriminator judges ``pack`` samples at once, real with
+    real and fake with fake. A batch of ``B`` samples becomes ``B / pack`` packs, consecutive samples
+    concatenated along the first data axis (``[B, D] -> [B / pack, pack * D]``,
+    ``[B, C, H, W] -> [B / pack, pack * C, H, W]``); every loss, penalty and log is then over packs.
+    The batch order is random, so consecutive samples are independent draws. The model's
+    discriminator must be built for it (``model.pack``, which the model configs take from
+    ``objective.pack``); conditional models judge one labelled sample and refuse ``pack > 1``.
     """
 
     family = AdversarialModel
@@ -40,13 +48,40 @@ class AdversarialObjective(Objective):
     #: phase logs ``critic_real`` and ``critic_fake`` = mean raw ``D(.)``, the G phase ``critic_fake``.
     probability_outputs: ClassVar[bool] = False
 
-    def __init__(self, d_steps: int = 1, aux_weight: float = 1.0) -> None:
+    def __init__(self, d_steps: int = 1, aux_weight: float = 1.0, pack: int = 1) -> None:
         check_int(d_steps, "objective.d_steps")
         if float(aux_weight) < 0:
             raise GentrainError(f"objective.aux_weight must be >= 0, got {aux_weight!r}; e.g. objective.aux_weight=1.0")
         self.d_steps = d_steps
         self.aux_weight = float(aux_weight)
+        self.pack = check_int(pack, "objective.pack", 1, example=2)
         self.phases = (Phase("D", d_steps), Phase("G", 1))
+
+    def check_model(self, model: AdversarialModel, objective_name: str, model_name: str, fitting: list[str]) -> None:
+        super().check_model(model, objective_name, model_name, fitting)
+        if model.pack != self.pack:
+            if model.conditional:
+                raise GentrainError(
+                    f"objective.pack={self.pack}: model={model_name} is conditional and its discriminator judges one labelled sample; "
+                    "use objective.pack=1, or an unconditional model (model=gan_mlp, dcgan, wgan, wgan_gp)"
+                )
+            raise GentrainError(
+                f"objective.pack={self.pack} but model={model_name}'s discriminator takes packs of {model.pack}; "
+                f"set model.pack={self.pack} (the model configs follow objective.pack unless model.pack is set)"
+            )
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size % self.pack:
+            raise GentrainError(
+                f"objective.pack={self.pack} groups each batch into packs of {self.pack}, and trainer.batch_size={batch_size} "
+                f"is not a multiple of it; set trainer.batch_size={max(self.pack, batch_size // self.pack * self.pack)}"
+            )
+
+    def packed(self, x: Tensor) -> Tensor:
+        """``[B, C, ...] -> [B / pack, pack * C, ...]``: consecutive samples concatenated along the first data axis."""
+        if self.pack == 1:
+            return x
+        return x.reshape(x.shape[0] // self.pack, self.pack * x.shape[1], *x.shape[2:])
 
     # ---- what subclasses define ---------------------------------------------------------------
     def critic_loss(self, logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -88,12 +123,13 @@ class AdversarialObjective(Objective):
         y = self._labels(model, batch)
         z = model.noise(batch.x.shape[0], device=batch.x.device)
         # detach: the discriminator's phase must not push gradients into the generator
-        x_fake = model.generate(z, y).detach()
-        logits_real, class_real = model.discriminate(batch.x, y)
+        x_fake = self.packed(model.generate(z, y).detach())
+        x_real = self.packed(batch.x)
+        logits_real, class_real = model.discriminate(x_real, y)
         logits_fake, class_fake = model.discriminate(x_fake, y)
         loss, logs = self.critic_loss(logits_real, logits_fake)
         logs |= self._output_logs(logits_real, "real") | self._output_logs(logits_fake, "fake")
-        extra = self.penalty(model, batch.x, x_fake, y)
+        extra = self.penalty(model, x_real, x_fake, y)
         if extra is not None:
             loss = loss + extra[0]
             logs.update(extra[1])
@@ -107,7 +143,7 @@ class AdversarialObjective(Objective):
     def generator_step(self, model: AdversarialModel, batch: Batch) -> StepOutput:
         y = self._labels(model, batch)
         z = model.noise(batch.x.shape[0], device=batch.x.device)
-        logits_fake, class_fake = model.discriminate(model.generate(z, y), y)
+        logits_fake, class_fake = model.discriminate(self.packed(model.generate(z, y)), y)
         loss = self.generator_loss(logits_fake).mean()
         logs = self._output_logs(logits_fake, "fake")
         aux = self._aux(class_fake, y, logs, "fake")
@@ -126,8 +162,8 @@ class GANObjective(AdversarialObjective):
 
     probability_outputs = True
 
-    def __init__(self, d_steps: int = 1, label_smoothing: float = 0.0, aux_weight: float = 1.0) -> None:
-        super().__init__(d_steps, aux_weight)
+    def __init__(self, d_steps: int = 1, label_smoothing: float = 0.0, aux_weight: float = 1.0, pack: int = 1) -> None:
+        super().__init__(d_steps, aux_weight, pack)
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise GentrainError(
                 f"objective.label_smoothing must be in [0, 1), got {label_smoothing!r}; e.g. objective.label_smoothing=0.1 (0 disables it)"

@@ -57,6 +57,9 @@ class Objective:
     def after_update(self, phase: str, model: nn.Module) -> None:
         """Hook after the optimizer step of ``phase`` (e.g. weight clipping); nothing by default."""
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse a ``trainer.batch_size`` the objective cannot split (e.g. into packs) with one line; any size by default."""
+
     def check_model(self, model: nn.Module, objective_name: str, model_name: str, fitting: list[str]) -> None:
         """Refuse an incompatible model at start-up, naming the objectives that do fit it."""
         if not isinstance(model, self.family):

@@ -109,6 +109,7 @@ def prepare(cfg: DictConfig) -> Setup:
     seed_everything(ts.seed)
     model = build_model(cfg).to(device)
     objective = build_objective(cfg, model)
+    objective.check_batch_size(ts.batch_size)
     optimizers = build_optimizers(cfg, model, objective)
     if ts.ema_decay is not None:
         EMA(model, ts.ema_decay)  # refuses a bad decay or a model with nothing to average
