@@ -13,8 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, make_config, quiet_console, tiny_overrides
+from omegaconf import OmegaConf
+
+from conftest import SMALL_DATA, TINY, make_config, quiet_console, tiny_overrides
+from gentrain.build import choice
 from gentrain.config import CONFIG_DIR
+from gentrain.metrics.fidelity import parse_protocol
 from gentrain.tasks import train
 from test_data import write_cifar, write_mnist_like
 from test_metrics import TinyExtractor
@@ -60,6 +64,26 @@ def data_files(dataset: str, root: Path) -> list[str]:
     return []
 
 
+def experiment_combination(option: str, root: Path) -> list[str]:
+    """The preset as it is, at test size: two steps, its model made tiny, its data as small files, tiny sample counts."""
+    preset = make_config([f"experiment={option}"])
+    model = choice(preset, "model")
+    dataset = choice(preset, "dataset")
+    size = ["trainer.max_steps=2", "logger.progress=false", "logger.n_samples=16", "logger.n_points=64"]
+    pack = int(OmegaConf.select(preset, "objective.pack", default=1) or 1)
+    size.append(f"trainer.batch_size={16 * pack if dataset not in ('cifar10', 'image_folder') else 4 * pack}")
+    tiny_model = TINY.get(model, TINY_OF.get(model, TINY["dcgan"]))
+    metrics = [str(m) for m in (OmegaConf.select(preset, "eval.metrics", default=None) or [])]
+    families = {parse_protocol(m).family.name for m in metrics}
+    counts: list[str] = []
+    if families:
+        counts = ["eval.metrics=[" + ",".join(f"{f}16" if f != "modes" else "modes64" for f in sorted(families)) + "]",
+                  "eval.kid_subset_size=8", "eval.batch_size=16", "eval.every=0"]
+        if "nll" in families:
+            counts.append("eval.iwae_k=2")
+    return [f"experiment={option}", *size, *tiny_model, *data_files(dataset, root), *SMALL_DATA.get(dataset, []), *counts]
+
+
 def combination(group: str, option: str, root: Path) -> list[str]:
     """Overrides for two steps of a valid run that uses ``group=option``."""
     if group == "model":
@@ -70,12 +94,7 @@ def combination(group: str, option: str, root: Path) -> list[str]:
     if group == "dataset":
         return tiny_overrides("gan_mlp", option, steps=2, extra=data_files(option, root))
     if group == "experiment":
-        files = data_files("fashion_mnist", root) if option == "fashion_dcgan" else []
-        # the preset as it is, at test size: two steps, tiny networks, tiny sample counts
-        size = ["trainer.max_steps=2", "trainer.batch_size=16", "logger.progress=false", "logger.n_samples=16", "logger.n_points=64"]
-        tiny_model = TINY["dcgan"] if option == "fashion_dcgan" else TINY["gan_mlp"]
-        counts = ["eval.metrics=[fid16,kid16,pr16,is16]", "eval.kid_subset_size=8", "eval.batch_size=16"] if option == "fashion_dcgan" else ["eval.metrics=[modes64]"]
-        return [f"experiment={option}", *size, *tiny_model, *files, *counts]
+        return experiment_combination(option, root)
     base = tiny_overrides("gan_mlp", "digits", steps=2)
     extra = ["eval.metrics=[fid16,kid16,pr16,is16]", "eval.kid_subset_size=8", "eval.batch_size=16"] if (group, option) == ("eval", "standard") else []
     return [*[o for o in base if not o.startswith("device=")], f"{group}={option}", *extra]

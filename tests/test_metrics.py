@@ -272,8 +272,9 @@ def test_mode_coverage_protocol_on_toy_points(tmp_path):
     model = GanMLP(shape=(2,), z_dim=4, g_widths=(8,), d_widths=(8,))
     ev = Evaluator(["modes500"], Ring8(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))
     (result,) = ev(model)
-    assert set(result.values) == {"modes500", "modes500_hq"} and result.n_generated == 500 and result.extractor == "points"
-    assert 0 <= result.values["modes500"] <= 8 and "high-quality" in result.notes[0]
+    assert set(result.values) >= {"modes500_fair", "modes500_pacgan", "modes500_hq"} and result.n_generated == 500 and result.extractor == "points"
+    assert set(result.values) <= {"modes500_fair", "modes500_pacgan", "modes500_hq", "modes500_rkl"}
+    assert 0 <= result.values["modes500_fair"] <= result.values["modes500_pacgan"] <= 8 and "high-quality" in result.notes[0]
     assert not (tmp_path / "reference").exists()  # no reference set, no Inception
 
     class Perfect(GanMLP):
@@ -283,7 +284,8 @@ def test_mode_coverage_protocol_on_toy_points(tmp_path):
             return Grid25(n_train=n, n_test=2).load("train").x, None
 
     (perfect,) = Evaluator(["modes2500"], Grid25(), "test", TinyExtractor, ReferenceCache(tmp_path), torch.device("cpu"))(Perfect(shape=(2,)))
-    assert perfect.values["modes2500"] == 25 and 0.97 < perfect.values["modes2500_hq"] < 1.0
+    assert perfect.values["modes2500_fair"] == perfect.values["modes2500_pacgan"] == 25 and 0.97 < perfect.values["modes2500_hq"] < 1.0
+    assert 0 <= perfect.values["modes2500_rkl"] < 0.1  # draws from the mixture: near uniform over the modes (log 25 = 3.2 at collapse)
 
 
 def test_metrics_that_do_not_fit_the_data_name_the_ones_that_do(tmp_path):

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from gentrain.data.toy import Grid25, Moons, Ring8
 from gentrain.errors import GentrainError
-from gentrain.metrics.modes import MIN_FRACTION, ModeStats, coverage_threshold, dataset_modes, mode_stats
+from gentrain.metrics.modes import MIN_FRACTION, ModeStats, coverage_threshold, dataset_modes, mode_stats, reverse_kl
 
 RING = Ring8()
 GRID = Grid25()
@@ -37,7 +37,7 @@ def test_samples_at_the_centres_cover_every_mode(dataset) -> None:
     modes, std = dataset_modes(dataset)
     k = len(modes)
     stats = mode_stats(at_modes(modes, [100] * k), modes, std)
-    assert stats.modes_covered == k == stats.num_modes
+    assert stats.modes_fair == k == stats.num_modes
     assert stats.high_quality == 1.0
     assert stats.n_samples == 100 * k
     assert stats.counts.tolist() == [100] * k
@@ -60,10 +60,48 @@ def test_high_quality_boundary_is_n_sigma_from_the_nearest_centre() -> None:
 def test_only_three_of_eight_modes_are_covered() -> None:
     modes, std = dataset_modes(RING)
     stats = mode_stats(at_modes(modes, [50, 0, 0, 50, 0, 0, 50, 0]), modes, std)
-    assert stats.modes_covered == 3
+    assert stats.modes_fair == 3
     assert stats.num_modes == 8
     assert stats.high_quality == 1.0  # collapsed but sharp: HQ alone does not see mode collapse
     assert stats.counts.tolist() == [50, 0, 0, 50, 0, 0, 50, 0]
+
+
+def test_pacgan_rule_counts_a_mode_with_one_high_quality_sample() -> None:
+    # PacGAN's released MetricLogger: mode coverage = number of modes with a nonzero HQ count
+    modes, std = dataset_modes(GRID)
+    per_mode = [0] * 25
+    per_mode[3], per_mode[7], per_mode[24] = 1, 19, 20
+    samples = torch.cat([at_modes(modes, per_mode), far_away(2500 - 40)])
+    stats = mode_stats(samples, modes, std)
+    assert stats.modes_pacgan == 3  # 1, 19 and 20 samples: each at least one
+    assert stats.modes_fair == 1  # only the mode with 20 = 20% of 2,500 / 25
+    # a sample beyond 3 sigma is not HQ and covers nothing under either rule
+    stats = mode_stats(torch.cat([on_circle(modes[0], 3.01 * std, n=1), far_away(9)]), modes, std)
+    assert (stats.modes_pacgan, stats.modes_fair, stats.high_quality) == (0, 0, 0.0)
+
+
+def test_reverse_kl_is_exact_on_constructed_histograms() -> None:
+    modes, std = dataset_modes(RING)
+    # perfect balance: q = u, KL = 0
+    assert mode_stats(at_modes(modes, [30] * 8), modes, std).reverse_kl == pytest.approx(0.0, abs=1e-12)
+    # everything in one mode: KL(delta || u) = log K
+    assert mode_stats(at_modes(modes, [100, 0, 0, 0, 0, 0, 0, 0]), modes, std).reverse_kl == pytest.approx(math.log(8))
+    # a general histogram against the definition sum q_k log(q_k / (1/K)), empty modes adding 0;
+    # low-quality samples do not enter the histogram
+    counts = [10, 30, 0, 60, 0, 0, 0, 0]
+    q = [c / 100 for c in counts]
+    expected = sum(p * math.log(p * 8) for p in q if p > 0)
+    stats = mode_stats(torch.cat([at_modes(modes, counts), far_away(50)]), modes, std)
+    assert stats.reverse_kl == pytest.approx(expected, rel=1e-12)
+    # against scipy's entropy(q, u), the KL divergence
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert stats.reverse_kl == pytest.approx(float(scipy_stats.entropy(q, [1 / 8] * 8)), rel=1e-12)
+    # grid: 25 modes, log 25 at full collapse
+    gmodes, gstd = dataset_modes(GRID)
+    assert mode_stats(at_modes(gmodes, [5] + [0] * 24), gmodes, gstd).reverse_kl == pytest.approx(math.log(25))
+    # no HQ sample: no histogram
+    assert math.isnan(reverse_kl(torch.zeros(8, dtype=torch.long)))
+    assert math.isnan(mode_stats(far_away(10), modes, std).reverse_kl)
 
 
 def test_coverage_threshold_scales_with_the_expected_count_per_mode() -> None:
@@ -86,25 +124,25 @@ def test_a_mode_needs_min_count_high_quality_samples(dataset, min_count: int) ->
     samples = torch.cat([hq, far_away(2500 - len(hq))])  # N = 2,500 as in PacGAN
     stats = mode_stats(samples, modes, std)
     assert stats.min_count == min_count
-    assert stats.modes_covered == k - 1
+    assert stats.modes_fair == k - 1
     assert stats.counts[0] == min_count - 1
     assert stats.high_quality == len(hq) / 2500
     # samples near a mode but outside 3 sigma do not count towards it
     low_quality = on_circle(modes[0], 3.5 * std, n=1)
-    assert mode_stats(torch.cat([samples[:-1], low_quality]), modes, std).modes_covered == k - 1
+    assert mode_stats(torch.cat([samples[:-1], low_quality]), modes, std).modes_fair == k - 1
     # one more HQ sample (replacing a far one, so N stays 2,500) covers it
     stats = mode_stats(torch.cat([hq, modes[:1], far_away(2500 - len(hq) - 1)]), modes, std)
     assert stats.min_count == min_count
-    assert stats.modes_covered == k
+    assert stats.modes_fair == k
 
 
 def test_explicit_min_count_overrides_min_fraction() -> None:
     modes, std = dataset_modes(RING)
     samples = at_modes(modes, [1, 2, 3, 4, 5, 6, 7, 8])
-    assert mode_stats(samples, modes, std, min_count=1).modes_covered == 8
-    assert mode_stats(samples, modes, std, min_count=5).modes_covered == 4
+    assert mode_stats(samples, modes, std, min_count=1).modes_fair == 8
+    assert mode_stats(samples, modes, std, min_count=5).modes_fair == 4
     stats = mode_stats(samples, modes, std, min_count=9)
-    assert (stats.modes_covered, stats.min_count) == (0, 9)
+    assert (stats.modes_fair, stats.min_count) == (0, 9)
     assert mode_stats(samples, modes, std, min_fraction=1.0).min_count == math.ceil(36 / 8)
 
 
@@ -112,7 +150,7 @@ def test_far_away_samples_are_neither_high_quality_nor_cover_anything() -> None:
     modes, std = dataset_modes(GRID)
     stats = mode_stats(far_away(500), modes, std)
     assert stats.high_quality == 0.0
-    assert stats.modes_covered == 0
+    assert stats.modes_fair == 0
     assert stats.counts.sum() == 0
     # between the grid centres (1 unit = 20 std from each) is just as empty
     between = torch.tensor([[1.0, 1.0], [-1.0, 3.0], [0.0, 1.0]]).repeat(10, 1)
@@ -125,7 +163,7 @@ def test_non_finite_samples_count_in_n_but_are_never_high_quality() -> None:
     stats = mode_stats(samples, modes, std, min_count=1)
     assert stats.n_samples == 10
     assert stats.high_quality == 0.8
-    assert stats.modes_covered == 8
+    assert stats.modes_fair == 8
 
 
 def test_each_sample_is_assigned_to_its_nearest_mode() -> None:
@@ -176,7 +214,7 @@ def test_the_datasets_own_samples_cover_every_mode(dataset) -> None:
     modes, std = dataset_modes(dataset)
     x = dataset.load("test").x  # 10,000 samples of the true mixture
     stats = mode_stats(x, modes, std)
-    assert stats.modes_covered == stats.num_modes == len(modes)
+    assert stats.modes_fair == stats.num_modes == len(modes)
     # a 2-D Gaussian puts 1 - exp(-9/2) = 98.89% of its mass within 3 sigma (Rayleigh radius);
     # the binomial std at N = 10,000 is 0.001
     assert abs(stats.high_quality - (1 - math.exp(-4.5))) < 0.005
@@ -190,7 +228,7 @@ def test_the_datasets_own_samples_cover_every_mode(dataset) -> None:
 def test_float64_samples_and_cpu_modes_mix() -> None:
     modes, std = dataset_modes(RING)
     stats = mode_stats(at_modes(modes.double(), [10] * 8), modes, std)
-    assert stats.modes_covered == 8
+    assert stats.modes_fair == 8
     assert stats.high_quality == 1.0
 
 
@@ -209,9 +247,11 @@ def test_as_dict_is_plain() -> None:
     stats = mode_stats(torch.cat([at_modes(modes, [70, 70, 0, 0, 0, 0, 0, 0]), far_away(2360)]), modes, std)
     assert isinstance(stats, ModeStats)
     assert stats.as_dict() == {
-        "modes_covered": 2,
+        "modes_pacgan": 2,
+        "modes_fair": 2,
         "num_modes": 8,
         "high_quality": 140 / 2500,
+        "reverse_kl": math.log(4),  # q = (1/2, 1/2, 0, ...): sum q log(8 q) = log 4
         "counts": [70, 70, 0, 0, 0, 0, 0, 0],
         "n_samples": 2500,
         "min_count": 63,

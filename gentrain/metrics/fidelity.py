@@ -8,8 +8,11 @@ The mathematics is torch-fidelity's (the reference implementations of the papers
 - Precision/recall (Kynkaanniemi et al. 2019): k-NN manifolds (k = 3) of real and generated features.
 - NLL (likelihood models): the mean negative log-likelihood of the first ``count`` test examples,
   in nats per example and bits per dimension; exact, dequantized or the IWAE bound, as the model says.
-- Modes (VEEGAN, PacGAN; 2-D Gaussian-mixture toy sets only): modes covered, and the share of
-  high-quality samples (within 3 std of a mode's centre), on the generated points themselves.
+- Modes (VEEGAN, PacGAN; 2-D Gaussian-mixture toy sets only), on the generated points themselves:
+  modes covered by the fair-share rule (``modes2500_fair``, the headline: at least 20% of n / K
+  high-quality samples) and by PacGAN's released rule (``modes2500_pacgan``: at least one), the
+  share of high-quality samples (``_hq``: within 3 std of a mode's centre), and PacGAN's reverse
+  KL of the mode histogram from the uniform mixture (``_rkl``); see :mod:`gentrain.metrics.modes`.
 
 A protocol name is ``<family><count>[_<split>]``: the family above, the number of generated
 samples (``fid10k`` = 10,000; ``fid500`` = 500) and, for the families that compare with data
@@ -133,10 +136,15 @@ def _modes(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[st
 
     stats = mode_stats(gen.pool, opts["modes"], opts["mode_std"])
     opts["notes"] = [
-        f"{stats.modes_covered} of {stats.num_modes} modes hold at least {stats.min_count} high-quality samples "
-        "(within 3 std of their nearest mode's centre)"
+        f"of {stats.num_modes} modes, {stats.modes_fair} hold at least {stats.min_count} high-quality samples (fair-share rule: "
+        f"20% of n / K) and {stats.modes_pacgan} at least one (PacGAN's released rule); high quality = within 3 std of the nearest centre"
     ]
-    return {"": float(stats.modes_covered), "_hq": stats.high_quality}
+    out = {"_fair": float(stats.modes_fair), "_pacgan": float(stats.modes_pacgan), "_hq": stats.high_quality}
+    if math.isnan(stats.reverse_kl):
+        opts["notes"].append("reverse KL not computed: no high-quality sample")
+    else:
+        out["_rkl"] = stats.reverse_kl
+    return out
 
 
 def _nll(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
@@ -158,7 +166,7 @@ register(Family("fid", ("",), False, True, False, _fid))
 register(Family("kid", ("", "_std"), False, True, False, _kid))
 register(Family("is", ("", "_std"), True, False, True, _is))
 register(Family("pr", ("_precision", "_recall", "_f1"), True, True, False, _pr))
-register(Family("modes", ("", "_hq"), True, False, False, _modes, space="points"))
+register(Family("modes", ("_fair", "_pacgan", "_hq", "_rkl"), True, False, False, _modes, space="points"))
 register(Family("nll", ("", "_bpd"), False, False, False, _nll, space="likelihood"))
 
 _PROTOCOL = re.compile(r"^(?P<family>[a-z]+?)(?P<count>\d+)(?P<k>k?)(?:_(?P<split>train|val|test))?$")
