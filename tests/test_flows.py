@@ -240,15 +240,18 @@ def test_flow_inverts_and_log_prob_is_the_change_of_variables(name):
         torch.testing.assert_close(log_p[i], expected[0], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("levels", [17, 256])
 @pytest.mark.parametrize("cls", [RealNVP, Glow])
-def test_dequantized_log_prob_is_the_composition(cls):
-    """log_prob(x) = log p_flow(logit(dequantize(x))) + logdet(logit) - D log 256, for a fixed dequantization."""
-    model = tiny_realnvp([1, 8, 8]) if cls is RealNVP else tiny_glow([1, 8, 8])
+def test_dequantized_log_prob_is_the_composition(cls, levels):
+    """log_prob(x) = log p_flow(logit(dequantize(x))) + logdet(logit) - D log K, for a fixed dequantization over K levels."""
+    model = tiny_realnvp([1, 8, 8], data_levels=levels) if cls is RealNVP else tiny_glow([1, 8, 8], data_levels=levels)
     x = digits_batch(16)
     g = torch.Generator().manual_seed(3)
     log_p = model.log_prob(x, generator=torch.Generator().manual_seed(3))
-    h, log_det_logit = logit_transform(dequantize(x, g), model.alpha)
-    torch.testing.assert_close(log_p, model.flow_log_prob(h) + log_det_logit - 64 * LOG_256)
+    h, log_det_logit = logit_transform(dequantize(x, g, levels), model.alpha)
+    torch.testing.assert_close(log_p, model.flow_log_prob(h) + log_det_logit - 64 * math.log(levels))
+    if levels == 256:
+        assert math.log(levels) == LOG_256
     torch.manual_seed(5)
     a = model.log_prob(x)
     torch.manual_seed(5)

@@ -3,7 +3,11 @@
 A dataset is a small object built by ``hydra.utils.instantiate(cfg.dataset)``. Its
 ``load(split)`` returns the whole split as CPU tensors in a :class:`DataSplit`:
 
-* images: ``x`` uint8 ``[N, C, H, W]`` with values 0..255,
+* images: ``x`` uint8 ``[N, C, H, W]`` with values 0..255; a dataset declares its number of
+  levels per sub-pixel, ``levels`` (``dataset.levels``: 256 for 8-bit images, 17 for the 8x8
+  digits), and level ``k`` of ``K`` is stored as the value ``round(255 k / (K - 1))``. Likelihood
+  models get it (``model.data_levels: ${oc.select:dataset.levels,null}``), so their likelihoods
+  are of the data as it is,
 * vectors (toy sets): ``x`` float32 ``[N, D]``,
 * ``y`` int64 ``[N]`` class labels, or ``None`` when the set has none.
 
@@ -40,6 +44,9 @@ from gentrain.errors import GentrainError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
+#: The most levels uint8 images can have, and the default of image datasets (8-bit data).
+MAX_LEVELS: int = 256
+
 #: Seed of the permutation that picks the validation examples. Fixed, and independent of every
 #: trainer seed, so a dataset's validation set is the same in every run; changing it changes
 #: every dataset's "train" and "val". The permutation comes from numpy's ``RandomState``, whose
@@ -75,10 +82,18 @@ class Dataset:
         num_classes: number of classes, or ``None`` when the set has no labels.
         val_fraction: fraction of the raw train split held out as "val", in [0, 1); 0 means
             no validation split.
+        levels: images only: the number of levels per sub-pixel, an integer in 2..256 (None:
+            256, 8-bit data); every loaded value must be a level's stored value
+            ``round(255 k / (levels - 1))``. Vectors: None (not applicable).
     """
 
     def __init__(
-        self, name: str, shape: Sequence[int], num_classes: int | None, val_fraction: float = 0.0
+        self,
+        name: str,
+        shape: Sequence[int],
+        num_classes: int | None,
+        val_fraction: float = 0.0,
+        levels: int | None = None,
     ) -> None:
         self.name = str(name)
         # YAML gives a list (a ListConfig under Hydra); a tuple of plain ints is hashable and
@@ -96,6 +111,7 @@ class Dataset:
                 "set dataset.num_classes=null for a set without labels"
             )
         self.val_fraction = _check_val_fraction(val_fraction)
+        self.levels: int | None = _check_levels(levels, len(self.shape) == 3, self.name)
         self._raw_train: DataSplit | None = None
 
     @property
@@ -180,13 +196,20 @@ class Dataset:
         raise NotImplementedError
 
     def _check(self, data: DataSplit) -> None:
-        """Make sure the loaded data agrees with the configured ``shape`` and ``num_classes``."""
+        """Make sure the loaded data agrees with the configured ``shape``, ``levels`` and ``num_classes``."""
         got = tuple(data.x.shape[1:])
         if got != self.shape:
             raise GentrainError(
                 f"dataset '{self.name}' loaded samples of shape {list(got)} but dataset.shape="
                 f"{list(self.shape)}; set dataset.shape={list(got)} or point the dataset at the right files"
             )
+        if self.levels is not None and data.x.dtype == torch.uint8:
+            bad = value_off_levels(data.x, self.levels)
+            if bad is not None:
+                raise GentrainError(
+                    f"dataset '{self.name}' has the pixel value {bad}, which is not one of the dataset.levels={self.levels} levels "
+                    f"(level k is stored as round(255 k / {self.levels - 1})); set dataset.levels=256 (8-bit data)"
+                )
         num_classes = self.num_classes
         if data.y is None:
             if num_classes is not None:
@@ -215,8 +238,45 @@ class Dataset:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, shape={self.shape}, "
-            f"num_classes={self._num_classes}, val_fraction={self.val_fraction})"
+            f"num_classes={self._num_classes}, val_fraction={self.val_fraction}, levels={self.levels})"
         )
+
+
+def value_off_levels(x: torch.Tensor, levels: int) -> int | None:
+    """The smallest uint8 value of ``x`` that is no level's stored value, or None when every value fits ``levels``.
+
+    Level ``k`` of ``K`` is stored as ``round(255 k / (K - 1))``: a value fits when it lies within 0.5 of
+    ``255 k / (K - 1)`` for some k (a tie may round either way). Every uint8 value fits 256 levels.
+    """
+    if levels >= MAX_LEVELS or x.numel() == 0:
+        return None
+    present = torch.zeros(MAX_LEVELS, dtype=torch.bool)
+    for chunk in x.reshape(-1).split(1 << 24):
+        present |= torch.bincount(chunk.cpu(), minlength=MAX_LEVELS) > 0
+    v = torch.arange(MAX_LEVELS, dtype=torch.float64)
+    k = torch.round(v * (levels - 1) / 255.0)
+    fits = (2 * (v * (levels - 1) - k * 255)).abs() <= levels - 1  # |v - 255 k / (K - 1)| <= 0.5
+    off = present & ~fits
+    return int(off.nonzero()[0]) if bool(off.any()) else None
+
+
+def _check_levels(value: Any, images: bool, name: str) -> int | None:
+    """dataset.levels: an integer in 2..256 for images (None: 256), None for vectors; else one line naming the fix."""
+    if not images:
+        if value is not None:
+            raise GentrainError(
+                f"dataset.levels={value!r} applies to images (levels per sub-pixel) and dataset '{name}' holds vectors; "
+                "set dataset.levels=null"
+            )
+        return None
+    if value is None:
+        return MAX_LEVELS
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 2 <= value <= MAX_LEVELS:
+        raise GentrainError(
+            f"dataset.levels must be an integer in 2..256 (levels per sub-pixel of uint8 images), got {value!r}; "
+            "e.g. dataset.levels=256 (8-bit images) or dataset.levels=17 (the 8x8 digits, values 0..16)"
+        )
+    return int(value)
 
 
 def _check_val_fraction(value: Any) -> float:

@@ -1,5 +1,8 @@
 """Image datasets: ``x`` uint8 ``[N, C, H, W]`` (0..255) on the CPU, ``y`` int64 ``[N]`` or None.
 
+Each declares its levels per sub-pixel (``dataset.levels``): 256 for the 8-bit sets, 17 for the
+digits (values 0..16); see :class:`~gentrain.data.base.Dataset`.
+
 * :class:`Digits` - scikit-learn's 8x8 digits, embedded in the package (no files needed).
 * :class:`MNIST`, :class:`FashionMNIST` - IDX files, read by :func:`read_idx`.
 * :class:`CIFAR10` - the "python version" pickled batches, read by our own reader.
@@ -123,8 +126,9 @@ class _IdxImageDataset(Dataset):
         root: str | None,
         download: bool,
         val_fraction: float,
+        levels: int | None = 256,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction, levels=levels)
         self.root = Path(_default_root() if root is None else root)
         self.download = bool(download)
 
@@ -203,7 +207,7 @@ class MNIST(_IdxImageDataset):
     images as "val".
 
     Args:
-        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`.
+        name, shape, num_classes, val_fraction, levels: see :class:`~gentrain.data.base.Dataset`.
         root: data folder; None means ``$GENTRAIN_DATA`` or ``data``.
         download: if the files are missing, download them with torchvision.
     """
@@ -219,9 +223,11 @@ class MNIST(_IdxImageDataset):
         root: str | None = None,
         download: bool = False,
         val_fraction: float = 0.0,
+        levels: int | None = 256,
     ) -> None:
         super().__init__(
-            name=name, shape=shape, num_classes=num_classes, root=root, download=download, val_fraction=val_fraction
+            name=name, shape=shape, num_classes=num_classes, root=root, download=download, val_fraction=val_fraction,
+            levels=levels,
         )
 
 
@@ -234,7 +240,7 @@ class FashionMNIST(_IdxImageDataset):
     training images as "val", as is conventional for MNIST.
 
     Args:
-        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`.
+        name, shape, num_classes, val_fraction, levels: see :class:`~gentrain.data.base.Dataset`.
         root: data folder; None means ``$GENTRAIN_DATA`` or ``data``.
         download: if the files are missing, download them with torchvision into ``root``.
         system_dir: system-wide copy, searched first.
@@ -252,9 +258,11 @@ class FashionMNIST(_IdxImageDataset):
         download: bool = False,
         system_dir: str = "/usr/share/datasets/fashion-mnist",
         val_fraction: float = 0.0,
+        levels: int | None = 256,
     ) -> None:
         super().__init__(
-            name=name, shape=shape, num_classes=num_classes, root=root, download=download, val_fraction=val_fraction
+            name=name, shape=shape, num_classes=num_classes, root=root, download=download, val_fraction=val_fraction,
+            levels=levels,
         )
         self.system_dir = Path(system_dir)
 
@@ -284,7 +292,7 @@ class CIFAR10(Dataset):
     holds out 5,000 of the 50,000 training images as "val".
 
     Args:
-        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`.
+        name, shape, num_classes, val_fraction, levels: see :class:`~gentrain.data.base.Dataset`.
         root: data folder; None means ``$GENTRAIN_DATA`` or ``data``.
         download: if batches are missing, download and unpack them with torchvision into ``root``.
     """
@@ -299,8 +307,9 @@ class CIFAR10(Dataset):
         root: str | None = None,
         download: bool = False,
         val_fraction: float = 0.0,
+        levels: int | None = 256,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction, levels=levels)
         self.root = Path(_default_root() if root is None else root)
         self.download = bool(download)
 
@@ -370,14 +379,17 @@ class Digits(Dataset):
 
     Embedded in the package as ``gentrain/data/assets/digits.npz`` (built by
     ``scripts/make_digits_asset.py`` from ``sklearn.datasets.load_digits``; pixels 0..16 mapped
-    to ``round(v * 255 / 16)``). Fixed split: the first 1,500 samples are train, the remaining
-    297 are test; the YAML holds out 150 of the 1,500 as "val".
+    to ``round(v * 255 / 16)``, the stored values of 17 levels, so ``levels`` is 17 and the
+    likelihood models see the data as it is). Fixed split: the first 1,500 samples are train, the
+    remaining 297 are test; the YAML holds out 150 of the 1,500 as "val".
 
     Args:
-        name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`.
+        name, shape, num_classes, val_fraction, levels: see :class:`~gentrain.data.base.Dataset`;
+            ``levels=256`` treats the digits as 8-bit images.
     """
 
     N_TRAIN = 1500
+    LEVELS = 17
 
     def __init__(
         self,
@@ -385,8 +397,9 @@ class Digits(Dataset):
         shape: Sequence[int] = (1, 8, 8),
         num_classes: int | None = 10,
         val_fraction: float = 0.0,
+        levels: int | None = LEVELS,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction, levels=levels)
 
     def _load(self, split: str) -> DataSplit:
         images, labels = _digits_asset()
@@ -438,6 +451,8 @@ class ImageFolder(Dataset):
         channels: 3 for RGB, 1 for grayscale.
         test_fraction: fraction of images held out for "test", in [0, 1).
         seed: seed of the train/test split.
+        levels: levels per sub-pixel (see :class:`~gentrain.data.base.Dataset`); 256 for 8-bit
+            files, fewer for images with fewer grey levels (e.g. 2 for black-and-white scans).
     """
 
     EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
@@ -454,8 +469,9 @@ class ImageFolder(Dataset):
         test_fraction: float = 0.0,
         seed: int = 0,
         val_fraction: float = 0.0,
+        levels: int | None = 256,
     ) -> None:
-        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction)
+        super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction, levels=levels)
         self.path = str(path)
         self.size = int(size)
         self.channels = int(channels)

@@ -10,8 +10,9 @@ hidden layer's channels are split into C groups and group g only sees the curren
 ``MADE``: a masked MLP over the D flattened dimensions (Germain et al. 2015); the masks come from
 the degrees of the units, so output d only depends on the inputs before d in ``ordering``.
 
-For 8-bit images both output a 256-way categorical per sub-pixel, so ``log_prob`` is the exact
-log-probability of the discrete levels; on vector data (the 2-D toy sets) MADE outputs a Gaussian
+For images both output a K-way categorical per sub-pixel, K the data's levels (``model.data_levels``,
+from ``dataset.levels``: 256 for 8-bit images, 17 for the digits), so ``log_prob`` is the exact
+log-probability of the discrete levels and samples are levels of the data; on vector data (the 2-D toy sets) MADE outputs a Gaussian
 per dimension (mean, log-std) and ``log_prob`` is a log-density. Sampling runs one network pass per
 dimension (H * W * C for PixelCNN, D for MADE).
 """
@@ -27,9 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.errors import GentrainError, check_int
-from gentrain.models.likelihood import AutoregressiveModel, from_levels, gaussian_log_density, to_levels
+from gentrain.models.likelihood import LEVELS_8BIT, AutoregressiveModel, check_levels, from_levels, gaussian_log_density, to_levels
 
-LEVELS = 256
+#: The softmax size of 8-bit images (the default; models use their ``data_levels``).
+LEVELS = LEVELS_8BIT
 ORDERINGS = ("natural", "reverse", "random")
 LOG_STD_MIN, LOG_STD_MAX = -9.0, 5.0
 
@@ -112,25 +114,25 @@ class ResidualBlock(nn.Module):
         return x + self.net(x)
 
 
-def _output_head(hidden: int, channels: int) -> nn.Sequential:
-    """ReLU, 1x1, ReLU, 1x1 -> 256 logits per channel (channel c's logits are output channels c*256 .. c*256+255); masks B."""
+def _output_head(hidden: int, channels: int, levels: int) -> nn.Sequential:
+    """ReLU, 1x1, ReLU, 1x1 -> ``levels`` logits per channel (channel c's logits are output channels c*K .. c*K+K-1); masks B."""
     g = channel_groups(hidden, channels)
     return nn.Sequential(
         nn.ReLU(),
         MaskedConv2d(g, g, (1, 1), "B"),
         nn.ReLU(),
-        MaskedConv2d(g, channel_groups(LEVELS * channels, channels), (1, 1), "B"),
+        MaskedConv2d(g, channel_groups(levels * channels, channels), (1, 1), "B"),
     )
 
 
 class PlainPixelCNNNet(nn.Module):
-    """A 7x7 mask-A convolution, ``layers`` residual blocks, the output head: [B, C, H, W] -> [B, 256 C, H, W]."""
+    """A 7x7 mask-A convolution, ``layers`` residual blocks, the output head: [B, C, H, W] -> [B, K C, H, W]."""
 
-    def __init__(self, channels: int, hidden: int, layers: int, first_kernel: int) -> None:
+    def __init__(self, channels: int, hidden: int, layers: int, first_kernel: int, levels: int = LEVELS) -> None:
         super().__init__()
         self.first = MaskedConv2d(torch.arange(channels), channel_groups(hidden, channels), (first_kernel, first_kernel), "A")
         self.blocks = nn.Sequential(*(ResidualBlock(hidden, channels) for _ in range(layers)))
-        self.head = _output_head(hidden, channels)
+        self.head = _output_head(hidden, channels, levels)
 
     def features(self, x: Tensor) -> Tensor:
         return self.blocks(self.first(x))
@@ -184,12 +186,12 @@ class GatedLayer(nn.Module):
 class GatedPixelCNNNet(nn.Module):
     """``layers`` gated layers (the first with a ``first_kernel``-wide field, the rest 3), the output head on the horizontal stack."""
 
-    def __init__(self, channels: int, hidden: int, layers: int, first_kernel: int) -> None:
+    def __init__(self, channels: int, hidden: int, layers: int, first_kernel: int, levels: int = LEVELS) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             GatedLayer(channels if i == 0 else hidden, hidden, channels, first_kernel if i == 0 else 3, first=i == 0) for i in range(layers)
         )
-        self.head = _output_head(hidden, channels)
+        self.head = _output_head(hidden, channels, levels)
 
     def features(self, x: Tensor) -> Tensor:
         v, h = x, x
@@ -202,7 +204,7 @@ class GatedPixelCNNNet(nn.Module):
 
 
 class PixelCNN(AutoregressiveModel):
-    """PixelCNN over 8-bit images [C, H, W]: a 256-way categorical per sub-pixel, in raster order, channels R -> G -> B.
+    """PixelCNN over images [C, H, W]: a K-way categorical per sub-pixel (K = ``data_levels``), in raster order, channels R -> G -> B.
 
     Args:
         shape: ``[C, H, W]`` (``${dataset.shape}``).
@@ -211,6 +213,7 @@ class PixelCNN(AutoregressiveModel):
         gated: the Gated PixelCNN (vertical and horizontal stacks, tanh * sigmoid units): no blind spot.
         first_kernel: the side of the first (mask A) convolution, odd; 7 in the papers.
         temperature: sampling temperature (logits / temperature); 1 samples the model.
+        data_levels: the data's levels per sub-pixel, the softmax size (``${dataset.levels}``; None: 256).
     """
 
     def __init__(
@@ -221,12 +224,16 @@ class PixelCNN(AutoregressiveModel):
         gated: bool = False,
         first_kernel: int = 7,
         temperature: float = 1.0,
+        data_levels: int | None = None,
     ) -> None:
         super().__init__()
         shape = _shape(shape)
         if len(shape) != 3:
             raise GentrainError(f"model=pixelcnn needs images and the data has shape {list(shape)}; use model=made for vectors")
         self.shape = shape
+        self.data_levels = check_levels(data_levels, True)
+        if self.data_levels != LEVELS:
+            self.likelihood_kind = f"exact ({self.data_levels} levels)"
         channels = shape[0]
         hidden = check_int(hidden, "model.hidden", example=64)
         if hidden < 2 * channels:
@@ -238,20 +245,20 @@ class PixelCNN(AutoregressiveModel):
         self.gated = bool(gated)
         self.temperature = _temperature(temperature)
         net_cls = GatedPixelCNNNet if self.gated else PlainPixelCNNNet
-        self.net = net_cls(channels, hidden, layers, first_kernel)
+        self.net = net_cls(channels, hidden, layers, first_kernel, self.data_levels)
 
     def ema_target(self) -> str | None:
         return "net"
 
     def forward(self, x: Tensor) -> Tensor:
-        """Images [B, C, H, W] in [-1, 1] -> logits [B, 256, C, H, W]; those at (c, i, j) depend only on earlier sub-pixels."""
+        """Images [B, C, H, W] in [-1, 1] -> logits [B, K, C, H, W]; those at (c, i, j) depend only on earlier sub-pixels."""
         b, c, h, w = x.shape
-        out = self.net(x)  # [B, C * 256, H, W], channel c's logits in block c
-        return out.view(b, c, LEVELS, h, w).transpose(1, 2)
+        out = self.net(x)  # [B, C * K, H, W], channel c's logits in block c
+        return out.view(b, c, self.data_levels, h, w).transpose(1, 2)
 
     def log_prob(self, x: Tensor) -> Tensor:
         logits = self(x).float()
-        nll = F.cross_entropy(logits, to_levels(x), reduction="none")  # [B, C, H, W]
+        nll = F.cross_entropy(logits, to_levels(x, self.data_levels), reduction="none")  # [B, C, H, W]
         return -nll.flatten(1).sum(1)
 
     @torch.no_grad()
@@ -267,9 +274,9 @@ class PixelCNN(AutoregressiveModel):
                     # causal: rows after i change nothing at row i, so the pass covers rows 0..i only;
                     # the head is 1x1, so it runs on pixel (i, j) alone
                     feats = self.net.features(x[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]
-                    logits = self.net.head(feats).view(n, c, LEVELS)[:, k].float() / t
+                    logits = self.net.head(feats).view(n, c, self.data_levels)[:, k].float() / t
                     level = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
-                    x[:, k, i, j] = from_levels(level).to(x.dtype)
+                    x[:, k, i, j] = from_levels(level, self.data_levels).to(x.dtype)
         return x
 
 
@@ -310,10 +317,10 @@ def made_degrees(order: Tensor, hidden: Sequence[int], seed: int) -> list[Tensor
 class MADE(AutoregressiveModel):
     """MADE: a masked MLP over the flattened data; output d only depends on the inputs before d in ``ordering``.
 
-    On 8-bit images ([C, H, W]) every dimension gets a 256-way categorical (exact discrete
-    likelihood); the output layer then has ``hidden[-1] * D * 256`` weights (D = C H W): 8.4 M for
-    8x8 digits with hidden 512, 103 M (0.4 GB, 1.6 GB with Adam's state) for 28x28; use smaller
-    ``hidden`` there. On vectors ([D], the toy sets) every dimension gets a Gaussian, mean and
+    On images ([C, H, W]) every dimension gets a K-way categorical, K the data's levels (exact
+    discrete likelihood); the output layer then has ``hidden[-1] * D * K`` weights (D = C H W): 0.56 M
+    for the 8x8 digits (K = 17) with hidden 512, 103 M (0.4 GB, 1.6 GB with Adam's state) for 28x28
+    8-bit images; use smaller ``hidden`` there. On vectors ([D], the toy sets) every dimension gets a Gaussian, mean and
     log-std (clamped to [-9, 5]) from the network; ``log_prob`` is then a log-density.
 
     Args:
@@ -322,6 +329,7 @@ class MADE(AutoregressiveModel):
         ordering: ``natural``, ``reverse`` or ``random`` (a permutation fixed by ``seed``); a buffer, saved in checkpoints.
         seed: seeds the random ordering and the hidden units' degrees (the masks are buffers too).
         temperature: sampling temperature (logits / t for images, std * t for vectors).
+        data_levels: images: the data's levels per sub-pixel, the softmax size (``${dataset.levels}``; None: 256); vectors: None.
     """
 
     def __init__(
@@ -331,10 +339,14 @@ class MADE(AutoregressiveModel):
         ordering: str = "natural",
         seed: int = 0,
         temperature: float = 1.0,
+        data_levels: int | None = None,
     ) -> None:
         super().__init__()
         self.shape = _shape(shape)
         self.images = len(self.shape) == 3
+        self.data_levels = check_levels(data_levels, self.images)
+        if self.images and self.data_levels != LEVELS:
+            self.likelihood_kind = f"exact ({self.data_levels} levels)"
         try:
             widths = [int(w) for w in hidden]
         except (TypeError, ValueError):
@@ -349,7 +361,7 @@ class MADE(AutoregressiveModel):
         self.temperature = _temperature(temperature)
         d = math.prod(self.shape)
         self.dims = d
-        self.per_dim = LEVELS if self.images else 2  # 256 logits, or (mean, log-std)
+        self.per_dim = self.data_levels if self.images else 2  # K logits, or (mean, log-std)
         order = ordering_of(ordering, d, seed)
         self.register_buffer("order", order)
         degrees = made_degrees(order, widths, seed)
@@ -365,7 +377,7 @@ class MADE(AutoregressiveModel):
         return "net"
 
     def forward(self, x: Tensor) -> Tensor:
-        """Data [B, *shape] -> [B, D, 256] logits (images) or [B, D, 2] (mean, log-std) for the flattened dimensions."""
+        """Data [B, *shape] -> [B, D, K] logits (images) or [B, D, 2] (mean, log-std) for the flattened dimensions."""
         return self.net(x.flatten(1)).view(x.shape[0], self.dims, self.per_dim)
 
     def gaussian(self, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -375,7 +387,7 @@ class MADE(AutoregressiveModel):
     def log_prob(self, x: Tensor) -> Tensor:
         out = self(x).float()
         if self.images:
-            return -F.cross_entropy(out.transpose(1, 2), to_levels(x).flatten(1), reduction="none").sum(1)
+            return -F.cross_entropy(out.transpose(1, 2), to_levels(x, self.data_levels).flatten(1), reduction="none").sum(1)
         mean, log_std = self.gaussian(out)
         return gaussian_log_density(x.flatten(1).float(), mean, log_std)
 
@@ -389,7 +401,7 @@ class MADE(AutoregressiveModel):
             out = self(x)[:, d].float()
             if self.images:
                 level = torch.multinomial(F.softmax(out / t, dim=1), 1, generator=generator).squeeze(1)
-                x[:, d] = from_levels(level).to(x.dtype)
+                x[:, d] = from_levels(level, self.data_levels).to(x.dtype)
             else:
                 mean, log_std = self.gaussian(out)
                 noise = torch.randn(n, device=x.device, dtype=mean.dtype, generator=generator)

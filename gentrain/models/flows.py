@@ -7,14 +7,19 @@ it: the parts factored out at each scale and the last scale's output, flattened,
 - sampling is ``f^-1(T eps)``, ``eps ~ N(0, I)``, at temperature ``T`` (Glow sec. 5: T < 1 trades
   diversity for quality; T = 0 gives the image of the zero latent).
 
-On 8-bit images (``[C, H, W]``, batches in [-1, 1]) the flow's input is
-``h = logit(alpha + (1 - 2 alpha) y)`` of the dequantized pixels ``y = (u + noise) / 256``
-(RealNVP sec. 4.1), and
+On images (``[C, H, W]``, batches in [-1, 1]) with ``K`` levels per sub-pixel
+(``model.data_levels``, from ``dataset.levels``: 256 for 8-bit images) the flow's input is
+``h = logit(alpha + (1 - 2 alpha) y)`` of the dequantized pixels ``y = (u + noise) / K``, ``u`` the
+levels (RealNVP sec. 4.1), and
 
-    log_prob(x) = log p_flow(h) + log |det dh/dy| - D log 256
+    log_prob(x) = log p_flow(h) + log |det dh/dy| - D log K
 
-(the discrete-data bound of :mod:`gentrain.models.likelihood`). On vectors (the 2-D toy sets,
-``[D]``, D even) the flow works on the data as it is.
+(the discrete-data bound of :mod:`gentrain.models.likelihood`). With fewer levels than 256 the
+noise fills each level's whole cell, so the flow cannot put its mass on the few values the data
+takes and call that density (which a 256-cell dequantisation of 17-level data allows: it
+memorises). Samples are the levels of their cells, ``floor(K y)``, for K < 256; for 8-bit data they
+stay continuous as ``2 y - 1`` (less than a level from ``floor(256 y)``). On vectors (the 2-D toy
+sets, ``[D]``, D even) the flow works on the data as it is.
 
 Architectures (layers in :mod:`gentrain.models.flow_layers`):
 
@@ -52,7 +57,15 @@ from gentrain.models.flow_layers import (
     fp32,
     standard_normal_log_prob,
 )
-from gentrain.models.likelihood import LOG_256, FlowModel, dequantize, inverse_logit_transform, logit_transform
+from gentrain.models.likelihood import (
+    LEVELS_8BIT,
+    FlowModel,
+    check_levels,
+    dequantize,
+    from_levels,
+    inverse_logit_transform,
+    logit_transform,
+)
 
 
 def _check_shape(shape: Sequence[int], name: str, levels: int, levels_key: str, squeezes: int) -> tuple[int, ...]:
@@ -88,7 +101,7 @@ class _Flow(FlowModel):
 
     flow: MultiScaleFlow
 
-    def __init__(self, shape: tuple[int, ...], temperature: float, alpha: float, name: str) -> None:
+    def __init__(self, shape: tuple[int, ...], temperature: float, alpha: float, name: str, data_levels: int | None) -> None:
         super().__init__()
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
             raise GentrainError(f"model.temperature must be a number >= 0, got {temperature!r}; e.g. model.temperature=0.7")
@@ -96,9 +109,13 @@ class _Flow(FlowModel):
             raise GentrainError(f"model.alpha must be in [0, 0.5), got {alpha!r}; e.g. model.alpha=0.05")
         self.shape = shape
         self.image = len(shape) == 3
+        self.data_levels = check_levels(data_levels, self.image)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.name = name
+        if self.image:
+            what = "8-bit images" if self.data_levels == LEVELS_8BIT else f"{self.data_levels}-level images"
+            self.likelihood_kind = f"dequantized ({what}: a lower bound on the discrete log-likelihood)"
 
     @property
     def dims(self) -> int:
@@ -122,9 +139,9 @@ class _Flow(FlowModel):
         x = fp32(x)
         if not self.image:
             return self.flow_log_prob(x)
-        y = dequantize(x, generator).to(x.dtype)
+        y = dequantize(x, generator, self.data_levels).to(x.dtype)
         h, log_det_logit = logit_transform(y, self.alpha)
-        return self.flow_log_prob(h) + log_det_logit - self.dims * LOG_256
+        return self.flow_log_prob(h) + log_det_logit - self.dims * math.log(self.data_levels)
 
     # ---- sampling -------------------------------------------------------------------------------
     def _dtype(self) -> torch.dtype:
@@ -135,7 +152,11 @@ class _Flow(FlowModel):
         h = self.flow.inverse(eps)
         if not self.image:
             return h
-        return inverse_logit_transform(h, self.alpha) * 2 - 1
+        y = inverse_logit_transform(h, self.alpha)
+        if self.data_levels == LEVELS_8BIT:
+            return y * 2 - 1
+        k = self.data_levels
+        return from_levels(torch.floor(y * k).clamp(0, k - 1), k).to(y.dtype)  # the level whose cell holds y
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``eps ~ N(0, I)``, ``[n, D]``."""
@@ -195,6 +216,7 @@ class RealNVP(_Flow):
         couplings: vectors only: the number of MLP couplings (masks alternate).
         temperature: sampling temperature (base noise scaled by it).
         alpha: the logit transform's margin (images).
+        data_levels: images: the data's levels per sub-pixel (``${dataset.levels}``; None: 256); vectors: None.
     """
 
     def __init__(
@@ -206,13 +228,14 @@ class RealNVP(_Flow):
         couplings: int = 8,
         temperature: float = 1.0,
         alpha: float = 0.05,
+        data_levels: int | None = None,
     ) -> None:
         hidden = check_int(hidden, "model.hidden", 1, example=2)
         blocks = check_int(blocks, "model.blocks", 0, example=2)
         scales = check_int(scales, "model.scales", 1, example=2)
         couplings = check_int(couplings, "model.couplings", 1, example=2)
         shape = _check_shape(shape, "realnvp", scales, "model.scales", scales - 1)
-        super().__init__(shape, temperature, alpha, "realnvp")
+        super().__init__(shape, temperature, alpha, "realnvp", data_levels)
         self.hidden, self.blocks, self.scales, self.couplings = hidden, blocks, scales, couplings
         if not self.image:
             layers: list[FlowLayer] = [VectorCoupling(shape[0], hidden, flip=i % 2 == 1) for i in range(couplings)]
@@ -243,9 +266,10 @@ class Glow(_Flow):
         shape: the data shape, ``[C, H, W]`` (sides divisible by ``2 ** levels``) or ``[D]`` (D even).
         hidden: channels of the coupling networks (units of the MLPs on vectors).
         steps: flow steps per level (K).
-        levels: levels (L), each starting with a squeeze; images only.
+        levels: levels (L), each starting with a squeeze; images only (the data's grey levels are ``data_levels``).
         temperature: sampling temperature (base noise scaled by it).
         alpha: the logit transform's margin (images).
+        data_levels: images: the data's levels per sub-pixel (``${dataset.levels}``; None: 256); vectors: None.
     """
 
     def __init__(
@@ -256,12 +280,13 @@ class Glow(_Flow):
         levels: int = 2,
         temperature: float = 1.0,
         alpha: float = 0.05,
+        data_levels: int | None = None,
     ) -> None:
         hidden = check_int(hidden, "model.hidden", 1, example=2)
         steps = check_int(steps, "model.steps", 1, example=2)
         levels = check_int(levels, "model.levels", 1, example=2)
         shape = _check_shape(shape, "glow", levels, "model.levels", levels)
-        super().__init__(shape, temperature, alpha, "glow")
+        super().__init__(shape, temperature, alpha, "glow", data_levels)
         self.hidden, self.steps, self.levels = hidden, steps, levels
         if not self.image:
             d = shape[0]

@@ -3,25 +3,39 @@
 Contract (what objectives and evaluation rely on):
 
 - ``log_prob(x) -> [B]`` in nats, of ``x`` as a batch gives it (model space: images in [-1, 1]
-  from 8-bit data, points as they are). For 8-bit images it is the log-probability of the
-  *discrete* values: exact for autoregressive models over 256 levels; for flows on dequantized
-  data, ``log p(x + u) - D log 256`` with u ~ U[0, 1)^D, an unbiased estimate of a lower bound
-  (Theis et al. 2016). For continuous data (2-D toy sets) it is the log-density.
+  from uint8 data, points as they are). For images it is the log-probability of the *discrete*
+  values over the data's ``K`` levels per sub-pixel (``dataset.levels``: 256 for 8-bit images, 17
+  for the 8x8 digits; the models get it as ``model.data_levels``): exact for autoregressive
+  models (a K-way softmax); for flows on dequantized data, ``log p((u + v) / K) - D log K`` with
+  ``u`` the levels and ``v ~ U[0, 1)^D``, an unbiased estimate of a lower bound (Theis et al.
+  2016). For continuous data (2-D toy sets) it is the log-density.
 - ``log_likelihood(x, k) -> [B]``: the number evaluation reports; ``log_prob`` for exact models,
   the importance-weighted bound with ``k`` samples for VAEs.
-- bits/dim = ``-log_prob / (D log 2)`` with ``D`` the number of dimensions of one example.
+- bits/dim = ``-log_prob / (D log 2)`` with ``D`` the number of dimensions of one example; on
+  K-level images a model that knows nothing (uniform over the levels) gets ``log2 K``.
 - One parameter group, "main"; ``sample(n, generator)`` in model space.
+
+Levels and model space: level ``k`` of ``K`` is stored as the uint8 value ``round(255 k / (K - 1))``
+(every value for K = 256; 0, 16, 32, ..., 255 for K = 17), which the loader maps to
+``value / 127.5 - 1``. :func:`to_levels` inverts that, :func:`from_levels` gives the model-space
+value of a level's stored value, so samples lie exactly where the data does. A model whose
+``data_levels`` do not fit the training data is refused at start-up (:meth:`LikelihoodModel.check_data`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from gentrain.data.base import DataSplit, value_off_levels
+from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
 
+#: The levels of 8-bit images: the default of image data.
+LEVELS_8BIT = 256
 LOG_256 = math.log(256.0)
 LOG_2PI = math.log(2 * math.pi)
 
@@ -59,6 +73,18 @@ class LikelihoodModel(GenerativeModel):
 
         return {"density": (density_image(self.log_prob, x)[None], 1)}
 
+    def check_data(self, data: DataSplit, dataset: str) -> None:
+        """Images: every training value must be one of the model's levels (``model.data_levels``)."""
+        levels = getattr(self, "data_levels", None)
+        if levels is None or data.x.dtype != torch.uint8:
+            return
+        bad = value_off_levels(data.x, levels)
+        if bad is not None:
+            raise GentrainError(
+                f"model.data_levels={levels} but dataset={dataset} has the pixel value {bad}, which is not one of {levels} levels "
+                f"(level k is stored as round(255 k / {levels - 1})); leave model.data_levels=${{dataset.levels}}"
+            )
+
 
 class FlowModel(LikelihoodModel):
     """Normalizing flows (objective=flow_nll)."""
@@ -75,24 +101,58 @@ def bits_per_dim(log_p: Tensor, dims: int) -> Tensor:
     return -log_p / (dims * math.log(2.0))
 
 
-def to_levels(x: Tensor) -> Tensor:
-    """Model-space images in [-1, 1] (from 8-bit data) -> integer levels 0..255 (long)."""
-    return torch.round((x + 1.0) * 127.5).clamp(0, 255).long()
+def check_levels(value: Any, images: bool, key: str = "model.data_levels") -> int | None:
+    """The number of levels of a model's data: an integer in 2..256 for images (None: 256, 8-bit), None for vectors.
 
-
-def from_levels(u: Tensor) -> Tensor:
-    """Levels 0..255 -> model space [-1, 1]."""
-    return u.float() / 127.5 - 1.0
-
-
-def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Uniform dequantization of 8-bit images: ``(u + noise) / 256`` in [0, 1), noise ~ U[0, 1)^D.
-
-    ``log p_discrete(u) >= E_noise[log p(y)] - D log 256`` for a density p on [0, 1)^D (Theis et al. 2016).
+    Anything else is one line naming the fix.
     """
-    u = to_levels(x).float()
+    if not images:
+        if value is not None:
+            raise GentrainError(
+                f"{key}={value!r} applies to images (levels per sub-pixel) and this data is vectors; "
+                f"leave {key}=${{dataset.levels}} (null for vectors)"
+            )
+        return None
+    if value is None:
+        return LEVELS_8BIT
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= LEVELS_8BIT:
+        raise GentrainError(
+            f"{key} must be an integer in 2..256 (levels per sub-pixel of uint8 images), got {value!r}; "
+            f"leave {key}=${{dataset.levels}} and set dataset.levels (256 for 8-bit images)"
+        )
+    return value
+
+
+def to_levels(x: Tensor, levels: int = LEVELS_8BIT) -> Tensor:
+    """Model-space images in [-1, 1] -> integer levels 0..levels-1 (long): ``round((x + 1) (levels - 1) / 2)``.
+
+    For 256 levels, ``round((x + 1) 127.5)``. For fewer, the stored value ``round(255 k / (K - 1))``
+    of level k lies within ``0.5 (K - 1) / 255`` of ``k`` on this scale, so it comes back as k.
+    """
+    return torch.round((x + 1.0) * ((levels - 1) / 2.0)).clamp(0, levels - 1).long()
+
+
+def from_levels(u: Tensor, levels: int = LEVELS_8BIT) -> Tensor:
+    """Levels 0..levels-1 -> model space [-1, 1]: the value the loader gives the level's stored uint8 value.
+
+    ``round(255 u / (K - 1)) / 127.5 - 1``; for 256 levels ``u / 127.5 - 1``.
+    """
+    u = u.float()
+    if levels != LEVELS_8BIT:
+        u = torch.round(u * (255.0 / (levels - 1)))
+    return u / 127.5 - 1.0
+
+
+def dequantize(x: Tensor, generator: torch.Generator | None = None, levels: int = LEVELS_8BIT) -> Tensor:
+    """Uniform dequantization of K-level images: ``(u + noise) / K`` in [0, 1), u the levels, noise ~ U[0, 1)^D.
+
+    Level u owns the cell ``[u / K, (u + 1) / K)`` of volume ``K^-D``, so for a density p on [0, 1)^D
+    ``P(u) = int_cell p = K^-D E_noise[p(y)]`` and, by Jensen, ``log P(u) >= E_noise[log p(y)] - D log K``
+    (Theis et al. 2016); the cells tile [0, 1)^D, so the ``P(u)`` sum to at most 1.
+    """
+    u = to_levels(x, levels).float()
     noise = torch.rand(u.shape, device=u.device, dtype=u.dtype, generator=generator)
-    return (u + noise) / 256.0
+    return (u + noise) / float(levels)
 
 
 def logit_transform(y: Tensor, alpha: float = 0.05) -> tuple[Tensor, Tensor]:

@@ -3,11 +3,14 @@
 ``q(z|x) = N(mu(x), diag(exp(logvar(x))))`` with the reparameterisation ``z = mu + sigma * eps``,
 prior ``p(z) = N(0, I)``, analytic KL. Decoders:
 
-- ``bernoulli``: binarised images (a pixel is 1 where its 8-bit value is >= 128); the likelihood
-  is that of the binarised data.
-- ``gaussian``: dequantised 8-bit images in [0, 1) (or 2-D points as they are), with a fixed
-  standard deviation ``decoder_std`` or a learned one per dimension; for images the reported
-  likelihood is the discrete bound ``log N(y; mu, sigma) - D log 256``.
+- ``bernoulli``: binarised images (a pixel is 1 where its level is in the upper half of the range,
+  ``2 level >= K - 1``, K the data's levels: 8-bit value >= 128 for K = 256, digit value >= 8 of
+  0..16 for K = 17); the likelihood is that of the binarised data.
+- ``gaussian``: dequantised images ``(level + noise) / K`` in [0, 1) (or 2-D points as they are),
+  with a fixed standard deviation ``decoder_std`` or a learned one per dimension; for images the
+  reported likelihood is the discrete bound ``log N(y; mu, sigma) - D log K``.
+
+K is ``model.data_levels`` (``${dataset.levels}``: 256 for 8-bit images, 17 for the digits).
 
 ``log_likelihood(x, k)`` is the importance-weighted bound (Burda et al. 2016, IWAE) with k
 samples, which equals the ELBO at k = 1 and tightens as k grows.
@@ -26,7 +29,7 @@ from gentrain.data.base import DataSplit
 from gentrain.errors import GentrainError
 from gentrain.models.base import interpolate_latents
 from gentrain.models.gan import dcgan_layout
-from gentrain.models.likelihood import LOG_2PI, LOG_256, LikelihoodModel, dequantize, gaussian_log_density, to_levels
+from gentrain.models.likelihood import LOG_2PI, LEVELS_8BIT, LikelihoodModel, check_levels, dequantize, gaussian_log_density, to_levels
 
 DECODERS = ("bernoulli", "gaussian")
 
@@ -41,19 +44,27 @@ class LatentVariableModel(LikelihoodModel):
 
     likelihood_kind = "IWAE bound"
 
-    def __init__(self, shape: Sequence[int], z_dim: int, decoder: str, decoder_std: float, learn_std: bool) -> None:
+    def __init__(
+        self, shape: Sequence[int], z_dim: int, decoder: str, decoder_std: float, learn_std: bool, data_levels: int | None = None
+    ) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
         if decoder not in DECODERS:
             raise GentrainError(f"model.decoder={decoder!r} is not one of {', '.join(DECODERS)}; e.g. model.decoder=bernoulli")
         self.images = len(self.shape) == 3
+        self.data_levels = check_levels(data_levels, self.images)
         if decoder == "bernoulli" and not self.images:
             raise GentrainError("model.decoder=bernoulli needs images (it models binarised pixels); use model.decoder=gaussian for points")
         if not decoder_std > 0:
             raise GentrainError(f"model.decoder_std must be > 0, got {decoder_std}; e.g. model.decoder_std=0.1")
         self.z_dim = int(z_dim)
         self.decoder_kind = decoder
-        self.likelihood_kind = "IWAE bound" + (" of the binarised pixels" if decoder == "bernoulli" else "")
+        if decoder == "bernoulli":
+            self.likelihood_kind = "IWAE bound of the binarised pixels"
+        elif self.images and self.data_levels != LEVELS_8BIT:
+            self.likelihood_kind = f"IWAE bound (dequantized {self.data_levels}-level images)"
+        else:
+            self.likelihood_kind = "IWAE bound"
         dims = math.prod(self.shape)
         # learned: one log-std per data dimension, initialised at decoder_std
         self.log_std = nn.Parameter(torch.full((dims,), math.log(decoder_std)), requires_grad=learn_std)
@@ -62,12 +73,18 @@ class LatentVariableModel(LikelihoodModel):
     def target(self, x: Tensor) -> Tensor:
         """What the decoder models: binarised pixels, dequantised pixels in [0, 1), or the points."""
         if self.decoder_kind == "bernoulli":
-            return (to_levels(x) >= 128).float()
-        return dequantize(x) if self.images else x
+            return self.binarise(x)
+        return dequantize(x, levels=self.data_levels) if self.images else x
+
+    def binarise(self, x: Tensor) -> Tensor:
+        """1 where a pixel's level is in the upper half of its range (``2 level >= K - 1``), else 0; float."""
+        k = self.data_levels
+        return (2 * to_levels(x, k) >= k - 1).float()
 
     def check_data(self, data: DataSplit, dataset: str) -> None:
         if tuple(data.x.shape[1:]) != self.shape:
             raise GentrainError(f"the model was built for shape {list(self.shape)} but dataset={dataset} has {list(data.x.shape[1:])}")
+        super().check_data(data, dataset)
 
     # ---- the three distributions ---------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,12 +98,12 @@ class LatentVariableModel(LikelihoodModel):
         return self.decoder(z).view(z.shape[0], *self.shape)
 
     def log_px_given_z(self, target: Tensor, params: Tensor) -> Tensor:
-        """log p(x|z) [B]; the discrete-bound offset -D log 256 is included for dequantised images."""
+        """log p(x|z) [B]; the discrete-bound offset -D log K is included for dequantised images."""
         if self.decoder_kind == "bernoulli":
             return -F.binary_cross_entropy_with_logits(params, target, reduction="none").flatten(1).sum(1)
         log_std = self.log_std.view(1, *self.shape).clamp(-7, 3)
         log_p = gaussian_log_density(target, params, log_std)
-        return log_p - target[0].numel() * LOG_256 if self.images else log_p
+        return log_p - target[0].numel() * math.log(self.data_levels) if self.images else log_p
 
     # ---- objectives ----------------------------------------------------------------------------
     def elbo_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,8 +192,9 @@ class VAE(LatentVariableModel):
         decoder: str = "bernoulli",
         decoder_std: float = 0.1,
         learn_std: bool = False,
+        data_levels: int | None = None,
     ) -> None:
-        super().__init__(shape, z_dim, decoder, decoder_std, learn_std)
+        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels)
         dims = math.prod(self.shape)
         hidden = [int(h) for h in hidden]
         self.encoder = nn.Sequential(nn.Flatten(), _mlp([dims, *hidden, 2 * self.z_dim], nn.Tanh))
@@ -194,8 +212,9 @@ class ConvVAE(LatentVariableModel):
         decoder: str = "bernoulli",
         decoder_std: float = 0.1,
         learn_std: bool = False,
+        data_levels: int | None = None,
     ) -> None:
-        super().__init__(shape, z_dim, decoder, decoder_std, learn_std)
+        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels)
         if not self.images or self.shape[1] != self.shape[2]:
             raise GentrainError(f"model=conv_vae needs square images, got shape {list(self.shape)}; use model=vae for points")
         channels, size = self.shape[0], self.shape[1]
