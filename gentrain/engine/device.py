@@ -54,8 +54,16 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (from /proc/cpuinfo on Linux, else the architecture), for reports."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
+    from pathlib import Path
 
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
