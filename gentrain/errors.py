@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -12,6 +13,13 @@ class GentrainError(Exception):
     """
 
     exit_code: int = 2
+
+
+def check_choice(value: Any, options: Sequence[str], key: str, example: str) -> str:
+    """``value`` if it is one of ``options``; else one line naming ``key``, the options and an example."""
+    if value not in options:
+        raise GentrainError(f"{key}={value!r} is not one of {', '.join(options)}; e.g. {key}={example}")
+    return value
 
 
 def check_int(value: Any, key: str, minimum: int = 1, example: int | None = None) -> int:

@@ -111,7 +111,7 @@ class Dataset:
                 "set dataset.num_classes=null for a set without labels"
             )
         self.val_fraction = _check_val_fraction(val_fraction)
-        self.levels: int | None = _check_levels(levels, len(self.shape) == 3, self.name)
+        self.levels: int | None = check_levels(levels, len(self.shape) == 3)
         self._raw_train: DataSplit | None = None
 
     @property
@@ -260,22 +260,26 @@ def value_off_levels(x: torch.Tensor, levels: int) -> int | None:
     return int(off.nonzero()[0]) if bool(off.any()) else None
 
 
-def _check_levels(value: Any, images: bool, name: str) -> int | None:
-    """dataset.levels: an integer in 2..256 for images (None: 256), None for vectors; else one line naming the fix."""
+def check_levels(value: Any, images: bool, key: str = "dataset.levels", follows: str | None = None) -> int | None:
+    """The levels per sub-pixel of ``key``: an integer in 2..256 for images (None: 256, 8-bit data), None for vectors.
+
+    Anything else is one line naming the fix; ``follows`` is the value the key normally takes
+    (``${dataset.levels}`` for ``model.data_levels``), which the fix then says to leave in place.
+    """
     if not images:
         if value is not None:
-            raise GentrainError(
-                f"dataset.levels={value!r} applies to images (levels per sub-pixel) and dataset '{name}' holds vectors; "
-                "set dataset.levels=null"
-            )
+            fix = f"set {key}=null" if follows is None else f"leave {key}={follows} (null for vectors)"
+            raise GentrainError(f"{key}={value!r} applies to images (levels per sub-pixel) and this data is vectors; {fix}")
         return None
     if value is None:
         return MAX_LEVELS
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 2 <= value <= MAX_LEVELS:
-        raise GentrainError(
-            f"dataset.levels must be an integer in 2..256 (levels per sub-pixel of uint8 images), got {value!r}; "
-            "e.g. dataset.levels=256 (8-bit images) or dataset.levels=17 (the 8x8 digits, values 0..16)"
+        fix = (
+            f"e.g. {key}=256 (8-bit images) or {key}=17 (the 8x8 digits, values 0..16)"
+            if follows is None
+            else f"leave {key}={follows} and set dataset.levels (256 for 8-bit images)"
         )
+        raise GentrainError(f"{key} must be an integer in 2..256 (levels per sub-pixel of uint8 images), got {value!r}; {fix}")
     return int(value)
 
 

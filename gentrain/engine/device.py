@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, check_choice
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -41,9 +41,7 @@ def configure_backends(device: torch.device, tf32: bool) -> None:
 
 
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise GentrainError(f"device.precision={precision!r} is not one of {', '.join(PRECISIONS)}; e.g. device.precision=bf16")
-    return precision
+    return check_choice(precision, PRECISIONS, "device.precision", "bf16")
 
 
 @contextlib.contextmanager

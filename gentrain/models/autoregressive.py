@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.errors import GentrainError, check_int
+from gentrain.errors import GentrainError, check_choice, check_int
 from gentrain.models.likelihood import LEVELS_8BIT, AutoregressiveModel, check_levels, from_levels, gaussian_log_density, to_levels
 
 #: The softmax size of 8-bit images (the default; models use their ``data_levels``).
@@ -353,8 +353,7 @@ class MADE(AutoregressiveModel):
             raise GentrainError(f"model.hidden={hidden!r} is not a list of widths; e.g. model.hidden=[512,512]") from None
         if not widths or any(w < 1 for w in widths):
             raise GentrainError(f"model.hidden={widths} needs at least one width >= 1; e.g. model.hidden=[512,512]")
-        if ordering not in ORDERINGS:
-            raise GentrainError(f"model.ordering={ordering!r} is not one of {', '.join(ORDERINGS)}; e.g. model.ordering=random")
+        check_choice(ordering, ORDERINGS, "model.ordering", "random")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise GentrainError(f"model.seed must be an integer, got {seed!r}; e.g. model.seed=0")
         self.ordering = ordering

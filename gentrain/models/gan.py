@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from gentrain.errors import GentrainError, check_int
+from gentrain.errors import GentrainError, check_choice, check_int
 from gentrain.models.base import AdversarialModel
 
 log = logging.getLogger(__name__)
@@ -75,17 +75,11 @@ class Maxout(nn.Module):
         return f"out_features={self.out_features}, pieces={self.pieces}"
 
 
-def _choice(value: str, options: Sequence[str], key: str, example: str) -> str:
-    if value not in options:
-        raise GentrainError(f"{key}={value!r} is not one of {', '.join(options)}; e.g. {key}={example}")
-    return value
-
-
 def batchnorm_placement(value: str | bool, key: str) -> str:
     """``all`` | ``all_but_first`` | ``none``; the booleans of older configs read as ``all_but_first`` (true) and ``none``."""
     if isinstance(value, bool):
         return "all_but_first" if value else "none"
-    return _choice(value, BATCHNORM, key, "all")
+    return check_choice(value, BATCHNORM, key, "all")
 
 
 def mlp_hidden(
@@ -192,9 +186,9 @@ class GanMLP(AdversarialModel):
     ) -> None:
         shape = _check_shape(shape)
         g_bn, d_bn = batchnorm_placement(g_batchnorm, "model.g_batchnorm"), batchnorm_placement(d_batchnorm, "model.d_batchnorm")
-        _choice(g_activation, ACTIVATIONS, "model.g_activation", "relu")
-        _choice(d_activation, ACTIVATIONS, "model.d_activation", "maxout")
-        _choice(init, INITS, "model.init", "dcgan")
+        check_choice(g_activation, ACTIVATIONS, "model.g_activation", "relu")
+        check_choice(d_activation, ACTIVATIONS, "model.d_activation", "maxout")
+        check_choice(init, INITS, "model.init", "dcgan")
         pieces = check_int(maxout_pieces, "model.maxout_pieces", 2, example=5)
         pack = check_int(pack, "model.pack", 1, example=2)
         # first: the seeded initialisation draws D, then G
@@ -246,9 +240,7 @@ D_NORMS = ("batch", "layer", "none")
 
 
 def _check_d_norm(norm: str) -> str:
-    if norm not in D_NORMS:
-        raise GentrainError(f"model.d_norm={norm!r} is not one of {', '.join(D_NORMS)}; e.g. model.d_norm=layer (WGAN-GP critics)")
-    return norm
+    return check_choice(norm, D_NORMS, "model.d_norm", "layer (WGAN-GP critics)")
 
 
 def _norm2d(kind: str, channels: int) -> list[nn.Module]:
@@ -314,7 +306,7 @@ class DCGAN(AdversarialModel):
     ) -> None:
         shape = _check_shape(shape)
         _check_d_norm(d_norm)
-        _choice(init, INITS, "model.init", "dcgan")
+        check_choice(init, INITS, "model.init", "dcgan")
         pack = check_int(pack, "model.pack", 1, example=2)
         if len(shape) == 1:
             log.warning("model=dcgan: vector data %s has no spatial axes, so it uses the MLP networks", shape)

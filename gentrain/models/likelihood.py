@@ -30,12 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gentrain.data.base import DataSplit, value_off_levels
+from gentrain.data.base import MAX_LEVELS, DataSplit, value_off_levels
+from gentrain.data.base import check_levels as check_data_levels
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
 
 #: The levels of 8-bit images: the default of image data.
-LEVELS_8BIT = 256
+LEVELS_8BIT = MAX_LEVELS
 LOG_256 = math.log(256.0)
 LOG_2PI = math.log(2 * math.pi)
 
@@ -101,26 +102,9 @@ def bits_per_dim(log_p: Tensor, dims: int) -> Tensor:
     return -log_p / (dims * math.log(2.0))
 
 
-def check_levels(value: Any, images: bool, key: str = "model.data_levels") -> int | None:
-    """The number of levels of a model's data: an integer in 2..256 for images (None: 256, 8-bit), None for vectors.
-
-    Anything else is one line naming the fix.
-    """
-    if not images:
-        if value is not None:
-            raise GentrainError(
-                f"{key}={value!r} applies to images (levels per sub-pixel) and this data is vectors; "
-                f"leave {key}=${{dataset.levels}} (null for vectors)"
-            )
-        return None
-    if value is None:
-        return LEVELS_8BIT
-    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= LEVELS_8BIT:
-        raise GentrainError(
-            f"{key} must be an integer in 2..256 (levels per sub-pixel of uint8 images), got {value!r}; "
-            f"leave {key}=${{dataset.levels}} and set dataset.levels (256 for 8-bit images)"
-        )
-    return value
+def check_levels(value: Any, images: bool) -> int | None:
+    """``model.data_levels``: see :func:`gentrain.data.base.check_levels` (it follows ``${dataset.levels}``)."""
+    return check_data_levels(value, images, "model.data_levels", follows="${dataset.levels}")
 
 
 def to_levels(x: Tensor, levels: int = LEVELS_8BIT) -> Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.data.base import DataSplit
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, check_choice
 from gentrain.models.base import interpolate_latents
 from gentrain.models.gan import dcgan_layout
 from gentrain.models.likelihood import LOG_2PI, LEVELS_8BIT, LikelihoodModel, check_levels, dequantize, gaussian_log_density, to_levels
@@ -49,8 +49,7 @@ class LatentVariableModel(LikelihoodModel):
     ) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
-        if decoder not in DECODERS:
-            raise GentrainError(f"model.decoder={decoder!r} is not one of {', '.join(DECODERS)}; e.g. model.decoder=bernoulli")
+        check_choice(decoder, DECODERS, "model.decoder", "bernoulli")
         self.images = len(self.shape) == 3
         self.data_levels = check_levels(data_levels, self.images)
         if decoder == "bernoulli" and not self.images:
