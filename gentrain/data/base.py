@@ -25,6 +25,9 @@ never by a trainer seed, so every run on a dataset (with the same ``val_fraction
 selected on the same examples. ``val_fraction=0`` (the class default, so configs from before
 the split existed keep their meaning) means no "val" split and "train" is all the training data.
 
+A set too big for memory may also serve a split example by example to a DataLoader
+(:meth:`Dataset.indexed`), and says by :meth:`Dataset.streams` whether training should.
+
 Subclasses implement :meth:`Dataset._load` for their own ``"train"`` and ``"test"`` data;
 :meth:`Dataset.load` carves "val" out of "train" and adds the checks that turn a wrong config
 or wrong files into a one-line :class:`GentrainError`.
@@ -33,6 +36,7 @@ or wrong files into a one-line :class:`GentrainError`.
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,15 +147,7 @@ class Dataset:
         ``val_fraction`` that leaves no training example, missing or broken data, or data that
         does not match ``shape`` / ``num_classes``.
         """
-        if split not in SPLITS:
-            raise GentrainError(
-                f"unknown split {split!r} for dataset '{self.name}'; use one of {', '.join(SPLITS)}"
-            )
-        if not self.has_split(split):
-            raise GentrainError(
-                f"dataset '{self.name}' has no validation split (dataset.val_fraction=0); "
-                "set dataset.val_fraction=0.1"
-            )
+        self._check_split(split)
         if split == "test":
             data = self._load("test")
             self._check(data)
@@ -164,6 +160,31 @@ class Dataset:
             keep = ~keep
         # Boolean indexing copies and keeps the raw order: the cache stays private.
         return DataSplit(x=raw.x[keep], y=None if raw.y is None else raw.y[keep])
+
+    def streams(self) -> bool:
+        """Whether training should stream this dataset from disk (:meth:`indexed`) rather than hold it
+        in memory (:meth:`load`). False here: sets that fit in memory train fastest from one tensor."""
+        return False
+
+    def indexed(self, split: str) -> torch.utils.data.Dataset:
+        """``split`` as a map-style torch Dataset of ``(x, y)`` examples, for a DataLoader with workers.
+
+        Only datasets that may stream implement it (see :meth:`streams`): the same examples in the
+        same order as :meth:`load`, ``y`` -1 when unlabelled and a ``labelled`` attribute saying which.
+        """
+        raise NotImplementedError(f"dataset '{self.name}' is held in memory only; use load({split!r})")
+
+    def _check_split(self, split: str) -> None:
+        """One line for an unknown split, or "val" without ``val_fraction``."""
+        if split not in SPLITS:
+            raise GentrainError(
+                f"unknown split {split!r} for dataset '{self.name}'; use one of {', '.join(SPLITS)}"
+            )
+        if not self.has_split(split):
+            raise GentrainError(
+                f"dataset '{self.name}' has no validation split (dataset.val_fraction=0); "
+                "set dataset.val_fraction=0.1"
+            )
 
     def _raw_train_split(self) -> DataSplit:
         """The subclass's whole training data, read and checked on first use, then cached."""
@@ -240,6 +261,19 @@ class Dataset:
             f"{type(self).__name__}(name={self.name!r}, shape={self.shape}, "
             f"num_classes={self._num_classes}, val_fraction={self.val_fraction}, levels={self.levels})"
         )
+
+
+def available_memory() -> int:
+    """Bytes of memory a new allocation can have: ``MemAvailable`` of /proc/meminfo (Linux; it counts
+    the page cache the kernel can drop), else the free pages os.sysconf reports."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts in kB
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def value_off_levels(x: torch.Tensor, levels: int) -> int | None:

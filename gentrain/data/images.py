@@ -18,7 +18,10 @@ copy put in place by hand (or by a Debian package) never needs torchvision's che
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import logging
+import math
 import os
 import pickle
 import struct
@@ -30,9 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 
-from gentrain.data.base import DataSplit, Dataset
-from gentrain.errors import GentrainError
+from gentrain.data.base import DataSplit, Dataset, available_memory
+from gentrain.errors import GentrainError, check_int
+
+log = logging.getLogger(__name__)
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES: dict[int, str] = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -422,6 +428,9 @@ def _digits_asset() -> tuple[torch.Tensor, torch.Tensor]:
 
 # -------------------------------------------------------------------------------- ImageFolder
 
+#: ``dataset.stream=auto`` streams when the decoded training images need more than this share of the available memory.
+_MEMORY_SHARE = 0.25
+
 
 class ImageFolder(Dataset):
     """Every image under ``path`` (recursively), resized and centre-cropped to ``size x size``.
@@ -443,6 +452,11 @@ class ImageFolder(Dataset):
     with ``seed``, form "test" and the rest the raw train split. "val" is then held out of that
     raw train split (``val_fraction``, see :class:`~gentrain.data.base.Dataset`).
 
+    Size: a folder too big for memory (FFHQ, LSUN) trains from :meth:`indexed`, decoded by
+    DataLoader workers, instead of one tensor (:meth:`streams`). Decoding a JPEG costs far more than
+    reading its pixels, so ``cache`` keeps a decoded uint8 copy of the whole folder on disk, built
+    once and memory-mapped after: the page cache then holds what fits, and workers only copy rows.
+
     Args:
         name, shape, num_classes, val_fraction: see :class:`~gentrain.data.base.Dataset`; shape
             must be ``[channels, size, size]``.
@@ -453,6 +467,15 @@ class ImageFolder(Dataset):
         seed: seed of the train/test split.
         levels: levels per sub-pixel (see :class:`~gentrain.data.base.Dataset`); 256 for 8-bit
             files, fewer for images with fewer grey levels (e.g. 2 for black-and-white scans).
+        stream: "auto" streams when the decoded raw train split (N x C x size x size bytes, N
+            counted by the file scan) needs more than a quarter of the available memory; True or
+            False forces either way.
+        workers: DataLoader worker processes that decode while streaming (0: the training process).
+        cache: None (decode from the image files), "auto" (``$GENTRAIN_CACHE/image_folder/<hash>.npy``,
+            GENTRAIN_CACHE defaulting to ~/.cache/gentrain; the hash covers the folder, each file's
+            name, size and mtime, ``size`` and ``channels``, so a changed folder gets a new file) or
+            a file path (rebuilt when its shape is not ``[N, channels, size, size]``; delete it when
+            images change but their count does not).
     """
 
     EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
@@ -470,6 +493,9 @@ class ImageFolder(Dataset):
         seed: int = 0,
         val_fraction: float = 0.0,
         levels: int | None = 256,
+        stream: bool | str = "auto",
+        workers: int = 4,
+        cache: str | None = None,
     ) -> None:
         super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction, levels=levels)
         self.path = str(path)
@@ -485,9 +511,17 @@ class ImageFolder(Dataset):
             raise GentrainError(
                 f"dataset.test_fraction={test_fraction} must be in [0, 1); e.g. dataset.test_fraction=0.1"
             )
+        if not isinstance(stream, bool) and stream != "auto":
+            raise GentrainError(f"dataset.stream={stream!r} is not one of auto, true, false; e.g. dataset.stream=true")
+        self.stream = stream
+        self.workers = check_int(workers, "dataset.workers", minimum=0, example=4)
+        if cache is not None and (not isinstance(cache, str) or not cache):
+            raise GentrainError(f"dataset.cache={cache!r} must be null, auto or a file path; e.g. dataset.cache=auto")
+        self.cache = cache
         # The folder is scanned lazily (constructing must not touch the disk); see _scan.
         self._files: list[Path] | None = None
         self._classes: list[str] | None = None
+        self._cache_file: Path | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -534,6 +568,35 @@ class ImageFolder(Dataset):
             "reference is the training images; hold some out with dataset.test_fraction=0.1"
         )
 
+    def streams(self) -> bool:
+        """``stream`` when forced; with "auto", whether the decoded raw train split needs more than
+        a quarter of the available memory (counted from the file scan, nothing decoded)."""
+        if isinstance(self.stream, bool):
+            return self.stream
+        files, _ = self._scan()
+        decoded = len(self._split(len(files), "train")) * self.channels * self.size * self.size
+        return decoded > _MEMORY_SHARE * available_memory()
+
+    def indexed(self, split: str) -> FolderExamples:
+        """``split`` example by example: the examples of ``load(split)``, in the same order.
+
+        Checks what ``load`` checks without decoding (the split, the shape, the labels against
+        ``num_classes``); pixel values are not checked against ``levels`` here.
+        """
+        self._check_split(split)
+        files, classes = self._scan()
+        self._check_classes(classes)
+        no_pixels = torch.empty((0, self.channels, self.size, self.size), dtype=torch.uint8)
+        self._check(DataSplit(x=no_pixels, y=None if classes is None else torch.empty(0, dtype=torch.int64)))
+        index = self._split(len(files), "test" if split == "test" else "train")
+        if split != "test" and self.val_fraction > 0:  # as Dataset.load carves "val" out of the raw train split
+            held_out = self._val_mask(len(index))
+            index = index[held_out if split == "val" else ~held_out]
+        labels = None if classes is None else self._labels(files, classes, index)
+        cache = self._cached()
+        items = index.numpy() if cache is not None else [str(files[i]) for i in index.tolist()]
+        return FolderExamples(items, labels, self.size, self.channels, self.path, cache)
+
     def _split(self, n: int, split: str) -> torch.Tensor:
         """Sorted indices of ``split`` among ``n`` files."""
         if self.test_fraction == 0.0:
@@ -551,16 +614,22 @@ class ImageFolder(Dataset):
     def _load(self, split: str) -> DataSplit:
         files, classes = self._scan()
         self._check_classes(classes)
-        index = self._split(len(files), split).tolist()
-        pixels = np.empty((len(index), self.channels, self.size, self.size), dtype=np.uint8)
-        for row, i in enumerate(index):
-            pixels[row] = self._read(files[i])
-        y = None
-        if classes is not None:
-            lookup = {c: k for k, c in enumerate(classes)}
-            root = Path(self.path).expanduser()
-            y = torch.tensor([lookup[files[i].relative_to(root).parts[0]] for i in index], dtype=torch.int64)
+        index = self._split(len(files), split)
+        cache = self._cached()
+        if cache is not None:
+            pixels = np.load(cache, mmap_mode="r")[index.numpy()]  # fancy indexing copies the rows into memory
+        else:
+            pixels = np.empty((len(index), self.channels, self.size, self.size), dtype=np.uint8)
+            for row, i in enumerate(index.tolist()):
+                pixels[row] = _read_image(files[i], self.size, self.channels, self.path)
+        y = None if classes is None else self._labels(files, classes, index)
         return DataSplit(x=torch.from_numpy(pixels), y=y)
+
+    def _labels(self, files: list[Path], classes: list[str], index: torch.Tensor) -> torch.Tensor:
+        """int64 ``[len(index)]``: the class of each file's first-level subfolder."""
+        lookup = {c: k for k, c in enumerate(classes)}
+        root = Path(self.path).expanduser()
+        return torch.tensor([lookup[files[i].relative_to(root).parts[0]] for i in index.tolist()], dtype=torch.int64)
 
     def _check_classes(self, classes: list[str] | None) -> None:
         if self._num_classes is None:
@@ -576,21 +645,111 @@ class ImageFolder(Dataset):
                 f"subfolders; set dataset.num_classes={len(classes)} (or null to infer it)"
             )
 
-    def _read(self, file: Path) -> np.ndarray:
-        """Decode one file to uint8 ``[C, size, size]``."""
-        from PIL import Image, ImageOps
-
+    def _cached(self) -> Path | None:
+        """The decoded copy of every image, uint8 ``[N, C, size, size]`` in file order, built on first
+        use (None without ``cache``). Rows are file indices, so every split reads the one file."""
+        if self.cache is None or self._cache_file is not None:
+            return self._cache_file
+        files, _ = self._scan()
+        target = self._cache_target(files)
+        shape = (len(files), self.channels, self.size, self.size)
         try:
-            with Image.open(file) as opened:
-                image = ImageOps.exif_transpose(opened).convert("L" if self.channels == 1 else "RGB")
-        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+            current = np.load(target, mmap_mode="r")
+            fits = current.shape == shape and current.dtype == np.uint8
+        except (OSError, ValueError, EOFError):  # missing, or not a whole .npy file
+            fits = False
+        if not fits:
+            self._build_cache(files, target, shape)
+        self._cache_file = target
+        return target
+
+    def _cache_target(self, files: list[Path]) -> Path:
+        if self.cache != "auto":
+            return Path(str(self.cache)).expanduser()
+        root = Path(self.path).expanduser()
+        key = hashlib.sha256(f"{root.resolve()}\0{self.size}\0{self.channels}\0".encode())
+        for file in files:
+            stat = file.stat()
+            key.update(f"{file.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        cache_home = Path(os.environ.get("GENTRAIN_CACHE") or "~/.cache/gentrain").expanduser()
+        return cache_home / "image_folder" / f"{key.hexdigest()[:32]}.npy"
+
+    def _build_cache(self, files: list[Path], target: Path, shape: tuple[int, ...]) -> None:
+        """Decode every file once into ``target``: written under a temporary name and renamed, so
+        an interrupted build (or a second process building the same cache) never leaves half a file."""
+        log.info("decoding the %d images of %s once into %s (%.0f MB)", len(files), self.path, target, math.prod(shape) / 1e6)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        every = math.ceil(len(files) / 10)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            array = open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+            for i, file in enumerate(files):
+                array[i] = _read_image(file, self.size, self.channels, self.path)
+                if (i + 1) % every == 0 or i + 1 == len(files):
+                    log.info("image cache %s: %d/%d images decoded", target.name, i + 1, len(files))
+            array.flush()
+            del array
+            os.replace(partial, target)
+        except OSError as e:
+            partial.unlink(missing_ok=True)
             raise GentrainError(
-                f"cannot read image {file} ({_one_line(e, 120)}); fix or delete it, or move it out of "
-                f"dataset.path={self.path!r}"
+                f"cannot write the image cache {target} ({_one_line(e, 120)}); free disk space, "
+                "set dataset.cache=<a writable file path> or dataset.cache=null"
             ) from e
-        image = _resize_centre_crop(image, self.size)
-        array = np.asarray(image, dtype=np.uint8)
-        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+
+class FolderExamples(torch.utils.data.Dataset):
+    """One split of an :class:`ImageFolder`, map-style: ``[i]`` is ``(x, y)``, x uint8 ``[C, size, size]``,
+    y an int64 scalar (-1 when ``labelled`` is False), decoded from the file or read from the cache.
+
+    Picklable for DataLoader workers: it holds file names or cache rows (``items``), never an open
+    file; the cache is memory-mapped on first use in each process.
+    """
+
+    def __init__(
+        self, items: list[str] | np.ndarray, labels: torch.Tensor | None, size: int, channels: int, folder: str, cache: Path | None,
+    ) -> None:
+        self.items, self.labels = items, labels
+        self.size, self.channels, self.folder, self.cache = size, channels, folder, cache
+        self.labelled = labels is not None
+        self._rows: np.ndarray | None = None  # the memory-mapped cache, per process
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is None:
+            x = _read_image(Path(self.items[i]), self.size, self.channels, self.folder)
+        else:
+            if self._rows is None:
+                self._rows = np.load(self.cache, mmap_mode="r")
+            x = self._rows[self.items[i]]
+        y = self.labels[i] if self.labels is not None else torch.tensor(-1)
+        return torch.from_numpy(np.array(x, order="C")), y  # a copy: writable, contiguous, off the map
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled np.memmap is a full in-memory copy; each worker maps the file itself instead.
+        return {**self.__dict__, "_rows": None}
+
+
+def _read_image(file: Path, size: int, channels: int, folder: str) -> np.ndarray:
+    """Decode one file to uint8 ``[channels, size, size]`` (``folder``: dataset.path, for the message)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(file) as opened:
+            image = ImageOps.exif_transpose(opened).convert("L" if channels == 1 else "RGB")
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise GentrainError(
+            f"cannot read image {file} ({_one_line(e, 120)}); fix or delete it, or move it out of "
+            f"dataset.path={folder!r}"
+        ) from e
+    image = _resize_centre_crop(image, size)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def _resize_centre_crop(image: Any, size: int) -> Any:
