@@ -70,10 +70,15 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         raise GentrainError(f"{what} config does not resolve: {str(e).strip().splitlines()[0]}; check the {what}.* overrides") from None
 
 
+#: ``model.*`` keys the engine reads: optimizers and schedulers per phase, synchronised batch norm under torchrun.
+ENGINE_KEYS = ("optimizer", "scheduler", "sync_batchnorm")
+
+
 def build_model(cfg: DictConfig) -> GenerativeModel:
     # resolve against the whole config first (${dataset.shape}), then drop the optimizer specs
     net = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
-    net.pop("optimizer", None)
+    for engine_key in ENGINE_KEYS:  # read by the engine, not the model's constructor
+        net.pop(engine_key, None)
     model = build(net, "model")
     if not isinstance(model, GenerativeModel):
         raise GentrainError(f"model={choice(cfg, 'model')} builds a {type(model).__name__}, not a gentrain model; check model._target_")
@@ -111,8 +116,13 @@ def build_objective(cfg: DictConfig, model: GenerativeModel) -> Objective:
     return objective
 
 
-def build_optimizers(cfg: DictConfig, model: GenerativeModel, objective: Objective) -> dict[str, torch.optim.Optimizer]:
-    """One optimizer per phase, from ``model.optimizer.<phase>`` (partial ``torch.optim`` configs)."""
+def build_optimizers(cfg: DictConfig, model: GenerativeModel, objective: Objective, fused: bool = False) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer per phase, from ``model.optimizer.<phase>`` (partial ``torch.optim`` configs).
+
+    ``fused`` (on CUDA): optimizers that have a fused kernel (Adam, AdamW, SGD) use it unless the
+    config sets ``fused`` itself; one kernel for every parameter instead of several per tensor,
+    and no host sync for loss scaling.
+    """
     specs = OmegaConf.select(cfg, "model.optimizer", default=None)
     groups = model.param_groups()
     optimizers = {}
@@ -123,8 +133,46 @@ def build_optimizers(cfg: DictConfig, model: GenerativeModel, objective: Objecti
         if spec is None:
             raise GentrainError(f"model.optimizer has no entry for phase {phase.name!r}; add model.optimizer.{phase.name} (e.g. Adam)")
         factory = build(spec, f"model.optimizer.{phase.name}")
+        extra = {"fused": True} if fused and "fused" not in spec and _has_fused(factory) else {}
         try:
-            optimizers[phase.name] = factory(groups[phase.name].parameters())
+            optimizers[phase.name] = factory(groups[phase.name].parameters(), **extra)
         except (TypeError, ValueError) as e:
             raise GentrainError(f"model.optimizer.{phase.name}: {str(e).splitlines()[0]}; fix the optimizer's keys") from None
     return optimizers
+
+
+def _has_fused(factory: Any) -> bool:
+    import inspect
+
+    cls = getattr(factory, "func", factory)
+    try:
+        return "fused" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def build_schedulers(cfg: DictConfig, optimizers: dict[str, torch.optim.Optimizer], warmup_steps: int) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+    """A learning-rate schedule per phase: ``model.scheduler.<phase>`` (partial ``torch.optim.lr_scheduler`` configs), stepped once per step.
+
+    ``trainer.warmup_steps=W`` puts a linear warm-up before it (step ``t`` runs at
+    ``lr * min(1, (t + 1) / W)``), then the phase's scheduler (if any) from step ``W`` on.
+    """
+    specs = OmegaConf.select(cfg, "model.scheduler", default=None) or {}
+    unknown = sorted(set(specs) - set(optimizers))
+    if unknown:
+        raise GentrainError(f"model.scheduler names phase(s) {unknown}, and this objective's phases are {sorted(optimizers)}; key schedulers by phase")
+    schedulers = {}
+    for phase, opt in optimizers.items():
+        spec = specs.get(phase)
+        main = None
+        if spec is not None:
+            try:
+                main = build(spec, f"model.scheduler.{phase}")(opt)
+            except (TypeError, ValueError) as e:
+                raise GentrainError(f"model.scheduler.{phase}: {str(e).splitlines()[0]}; fix the scheduler's keys") from None
+        if warmup_steps > 1:
+            warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda t, w=warmup_steps: min(1.0, (t + 1) / w))
+            main = warm if main is None else torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[warmup_steps])
+        if main is not None:
+            schedulers[phase] = main
+    return schedulers

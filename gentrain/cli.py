@@ -30,9 +30,12 @@ def _app(cfg: DictConfig) -> None:
     from gentrain.build import build
     from gentrain.engine.trainer import Interrupted
 
+    from gentrain.engine import distributed
+
     try:
         task = build(cfg.task, "task")
         task(cfg)
+        distributed.shutdown()  # under torchrun: leave the process group cleanly
     except GentrainError as e:
         # one line, no traceback: the message names the fix
         print(f"error: {e}", file=sys.stderr, flush=True)

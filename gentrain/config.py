@@ -43,6 +43,10 @@ class TrainerSettings:
     ema_decay: Optional[float] = None  # exponential moving average of the generator's weights (e.g. 0.999); None: off
     ema_warmup: bool = True  # the average's decay is min(ema_decay, (1 + t) / (10 + t)) at its t-th update
     warmup_steps: int = 0  # learning rates rise linearly from lr / warmup_steps to lr over these first steps; 0: off
+    grad_clip: Any = None  # max gradient norm: null (none), one number for every phase, or {phase: number}
+    compile: bool = False  # torch.compile the per-phase loss computation
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs, for launch-bound small models) | max-autotune | max-autotune-no-cudagraphs
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no code generation, for checks)
 
     at_least_one: ClassVar[frozenset[str]] = frozenset({"max_steps", "batch_size"})
 
@@ -65,9 +69,11 @@ class LoggerSettings:
 @dataclass
 class DeviceSettings:
     type: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (with loss scaling, for GPUs without bf16)
     tf32: bool = True
     data_on_device: Any = "auto"  # auto | true | false
+    threads: Optional[int] = None  # torch's CPU threads (torch.set_num_threads); null: torch's default
+    channels_last: Any = "auto"  # auto (convolutional networks on CUDA) | true | false
 
 
 @dataclass
@@ -111,7 +117,7 @@ def typed(node: DictConfig, schema: type[S], prefix: str) -> S:
         raise GentrainError(f"{prefix}.{key}: {msg}{hint}") from None
     for f in fields(schema):
         value = getattr(settings, f.name)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and getattr(defaults, f.name) is not None:  # optional keys check their own
             # ints must be >= 0; those a schema lists in ``at_least_one`` must be >= 1
             low = 1 if f.name in getattr(schema, "at_least_one", ()) else 0
             if value < low:

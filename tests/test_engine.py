@@ -148,7 +148,8 @@ def test_discriminator_steps_per_generator_step(train_run):
     assert (d_steps, g_steps) == ({12}, {4})
 
 
-def test_no_host_sync_per_step(monkeypatch, tmp_path):
+@pytest.mark.parametrize("compiled", [[], ["trainer.compile=true", "trainer.compile_backend=aot_eager"]], ids=["eager", "compiled"])
+def test_no_host_sync_per_step(monkeypatch, tmp_path, compiled):
     """gentrain's own code reads tensors on the host (item/tolist/float/bool) per log interval, never per step."""
     import sys
 
@@ -165,7 +166,7 @@ def test_no_host_sync_per_step(monkeypatch, tmp_path):
         monkeypatch.setattr(torch.Tensor, name, counted)
     syncs = []
     for steps in (4, 16):
-        overrides = tiny_overrides("gan_mlp", "ring8", steps=steps) + [f"logger.every={steps}", f"logger.samples_every={steps}", "trainer.ckpt_every=0"]
+        overrides = tiny_overrides("gan_mlp", "ring8", steps=steps) + [f"logger.every={steps}", f"logger.samples_every={steps}", "trainer.ckpt_every=0", *compiled]
         counts["n"] = 0
         train(make_config(overrides), run_dir=tmp_path / f"s{steps}", console=quiet_console())
         syncs.append(counts["n"])

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from conftest import make_config, quiet_console, tiny_overrides
-from gentrain.engine import checkpoint as checkpoint_module
-from gentrain.engine.checkpoint import atomic_save, load_checkpoint
+from gentrain import shared as checkpoint_module  # atomic_save lives there
+from gentrain.engine.checkpoint import load_checkpoint
+from gentrain.shared import atomic_save
 from gentrain.engine.rundir import RunDirectory, trim_metrics, writable_error
 from gentrain.engine.trainer import Interrupted
 from gentrain.errors import GentrainError

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,42 +15,6 @@ from gentrain.errors import GentrainError
 
 FORMAT = "gentrain-checkpoint"
 VERSION = 1
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename: a crash never leaves a half-written checkpoint.
-
-    A failed write (full disk, read-only or vanished directory) removes the temporary file, leaves
-    the previous ``path`` as it was, and raises one line that names the path and what is needed.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a short write as RuntimeError ("unexpected pos ...")
-        raise GentrainError(f"could not write {path} ({_write_failure(e, path)}); {_kept(path)}free space or point hydra.run.dir at another disk") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_failure(e: BaseException, path: Path) -> str:
-    from gentrain.engine.rundir import describe_os_error
-
-    if isinstance(e, OSError):
-        return describe_os_error(e)
-    try:  # torch's own message is an internal assertion: say what it means
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        return str(e).strip().splitlines()[0]
-    return f"the write stopped short with {free / 2**20:.1f} MiB free on the device" if free < 2**30 else str(e).strip().splitlines()[0]
-
-
-def _kept(path: Path) -> str:
-    return f"the previous {path.name} is intact; " if path.is_file() else ""
 
 
 def rng_state() -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 
 from gentrain.errors import GentrainError, check_choice
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def resolve_device(kind: str) -> torch.device:
@@ -46,9 +46,31 @@ def check_precision(precision: str) -> str:
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """bf16 autocast when asked (no loss scaling needed: bf16 has fp32's exponent range)."""
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    """bf16 or fp16 autocast when asked; fp32 otherwise.
+
+    bf16 needs no loss scaling (it has fp32's exponent range); fp16 does, and the engine gives
+    each phase a ``GradScaler`` for it.
+    """
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    with torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16")):
         yield
+
+
+def set_threads(threads: int | None) -> None:
+    """``device.threads``: torch's intra-op CPU threads (None leaves torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise GentrainError(f"device.threads must be >= 1 or null, got {threads}; e.g. device.threads=4")
+        torch.set_num_threads(threads)
+
+
+def use_channels_last(setting: bool | str, device: torch.device, model: torch.nn.Module) -> bool:
+    """``device.channels_last``: auto takes it for convolutional networks on CUDA (tensor cores read NHWC without transposes)."""
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise GentrainError(f"device.channels_last must be auto, true or false, got {setting!r}")
+    return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d) for m in model.modules())
 
 
 def device_name(device: torch.device) -> str:

@@ -18,7 +18,6 @@ logged after its last checkpoint (TensorBoard purges its own).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gentrain.errors import GentrainError
+from gentrain.shared import describe_os_error
 
 try:  # POSIX; elsewhere the lock falls back to an exclusively created file
     import fcntl
@@ -40,18 +40,6 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "report.json", ".hyd
 #: The logger of a run's events (start, log intervals, evaluations, checkpoints, stops): written to gentrain.log.
 RUN_LOG = logging.getLogger("gentrain.run")
 RUN_LOG.propagate = False  # the terminal shows these through rich already
-
-
-def describe_os_error(e: OSError) -> str:
-    """``"no space left on the device"`` and the like, for one-line messages."""
-    reasons = {
-        errno.ENOSPC: "no space left on the device",
-        errno.EROFS: "read-only file system",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EDQUOT: "disk quota exceeded",
-    }
-    return reasons.get(e.errno or 0, e.strerror or type(e).__name__)
 
 
 def writable_error(path: Path) -> str | None:

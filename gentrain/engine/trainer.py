@@ -1,16 +1,15 @@
-"""The generic training loop, driven by the objective's phases.
+"""The generic training loop, driven by the objective's phases; everything around the steps is a hook.
 
 It knows no model or objective by name: for each step it runs every phase ``repeats`` times
-(draw a batch, objective computes the loss, backward, optimizer step, ``after_update`` hook) and
-keeps the logs on the device; it synchronises with the host only at log, sample and checkpoint
-intervals.
+(draw a batch, the objective computes the loss, backward, gradients averaged over ranks, clip,
+optimizer step, ``after_update``) and keeps the logs on the device; the hooks of
+:mod:`gentrain.engine.hooks` (schedules, EMA, logging, pictures, evaluation, checkpoints) run
+after the step and synchronise with the host only at their intervals.
 
-After a step come its hooks: the log line, the pictures, the evaluation, the checkpoint. A
-SIGINT or SIGTERM takes effect at a step boundary (see :mod:`gentrain.engine.signals`); hooks a
-stop skipped are recorded as pending in the checkpoint and run first on resume, so an
-interrupted and resumed run ends with the weights, optimizer state and logs of an uninterrupted
-one. Pictures and evaluation draw from their own generators inside
-:func:`gentrain.sampling.sampling_state`, so they never touch the training run's random stream.
+A SIGINT or SIGTERM takes effect at a step boundary (see :mod:`gentrain.engine.signals`; under
+``torchrun`` at the next log or checkpoint step, when the ranks agree); hooks a stop skipped are
+recorded as pending in the checkpoint and run first on resume, so an interrupted and resumed run
+ends with the weights, optimizer state and logs of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,10 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -29,26 +27,26 @@ from torch import Tensor
 
 from gentrain import __version__
 from gentrain.config import LoggerSettings, TrainerSettings
-from gentrain.engine.checkpoint import FORMAT, VERSION, atomic_save, rng_state, set_rng_state
+from gentrain.engine import distributed
+from gentrain.engine.checkpoint import FORMAT, VERSION, rng_state, set_rng_state
 from gentrain.engine.device import autocast
+from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
-from gentrain.engine.loader import BatchStream, to_model_space
-from gentrain.engine.loggers import ConsoleProgress, JsonlWriter, TensorBoardLogger, format_logs
+from gentrain.engine.hooks import (
+    SELECTION_SPLIT, CheckpointHook, EMAHook, EvalHook, EvalSchedule, Hook, LogHook, SampleHook, ScheduleHook,
+)
+from gentrain.engine.loader import Stream
+from gentrain.engine.loggers import ConsoleProgress, JsonlWriter, TensorBoardLogger
 from gentrain.engine.rundir import RUN_LOG
 from gentrain.engine.signals import HookAborted, StopRequest
 from gentrain.errors import GentrainError
-from gentrain.metrics.fidelity import MetricResult, flat_values
 from gentrain.models.base import GenerativeModel
-from gentrain.objectives.base import Objective
-from gentrain.sampling import sampling_state
-from gentrain.visual import image_grid, sample_picture, save_png
+from gentrain.objectives.base import Objective, StepOutput
+from gentrain.shared import atomic_save
 
 log = logging.getLogger(__name__)
 
-#: Offset of the seed of the fixed sampling noise, so it never coincides with the training seed's stream.
-_FIXED_NOISE_SEED_OFFSET = 1_000_003
-#: The split in-training evaluation and ``best.pt`` use: model selection never sees the test split.
-SELECTION_SPLIT = "val"
+__all__ = ["SELECTION_SPLIT", "EvalSchedule", "Interrupted", "LogAccumulator", "TrainResult", "Trainer"]
 
 
 class Interrupted(GentrainError):
@@ -57,27 +55,6 @@ class Interrupted(GentrainError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
-
-
-@dataclass
-class EvalSchedule:
-    """When to evaluate on which splits, and which result key picks ``checkpoints/best.pt``.
-
-    Every ``every`` steps (and at the last step when ``every`` > 0) the protocols run against the
-    validation split and ``best.pt`` follows ``best_key``; at the end (``at_end``) they also run
-    against ``final_split`` (the test split) for the report, on the same samples.
-    """
-
-    evaluate: Callable[[GenerativeModel, list[str]], list[MetricResult]]  # (model, splits) -> results
-    every: int  # 0: never during training
-    at_end: bool
-    final_split: str
-    best_key: str | None  # a key of the validation results; None: no in-training selection
-    higher_is_better: bool
-
-    def splits(self, step: int, last: bool) -> list[str]:
-        periodic = bool(self.every) and (step % self.every == 0 or last)
-        return [*([SELECTION_SPLIT] if periodic else []), *([self.final_split] if last and self.at_end else [])]
 
 
 @dataclass
@@ -90,7 +67,7 @@ class TrainResult:
     batches_per_step: int  # batches one step consumes: the repeats of every phase (d_steps + 1 for GANs)
     final: dict[str, float] = field(default_factory=dict)  # last logged interval means
     sample_path: Path | None = None
-    evaluation: list[MetricResult] = field(default_factory=list)  # the last evaluation's results
+    evaluation: list[dict[str, Any]] = field(default_factory=list)  # the last evaluation's result records
     evaluation_step: int | None = None
     best: dict[str, Any] | None = None  # {"key", "value", "step"} of checkpoints/best.pt
 
@@ -111,12 +88,26 @@ class LogAccumulator:
             self.sums[key] = value.clone()
             self.counts[key] = 1
 
-    def mean(self, extra: dict[str, Tensor] | None = None, reset: bool = True) -> dict[str, float]:
-        """The means of the interval (and ``extra`` scalars, read in the same host sync); ``reset`` starts the next interval."""
+    def add_all(self, values: dict[str, Tensor]) -> None:
+        """Add several scalars; once the keys are known, in one fused kernel (``_foreach_add_``), not one per value."""
+        if values.keys() <= self.sums.keys():
+            torch._foreach_add_([self.sums[k] for k in values], [v.detach().float() for v in values.values()])
+            for k in values:
+                self.counts[k] += 1
+        else:
+            for k, v in values.items():
+                self.add(k, v)
+
+    def mean(self, extra: dict[str, Tensor] | None = None, reset: bool = True, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """The means of the interval (and ``extra`` scalars, read in the same host sync); ``reset`` starts the next interval.
+
+        ``reduce`` maps the stacked values before the read (under DDP: their mean over ranks).
+        """
         tensors = {k: self.sums[k] / self.counts[k] for k in self.sums} | {k: v.float() for k, v in (extra or {}).items()}
         if not tensors:
             return {}
-        values = torch.stack(list(tensors.values())).tolist()  # the one host sync
+        stacked = torch.stack(list(tensors.values()))
+        values = (reduce(stacked) if reduce is not None else stacked).tolist()  # the one host sync
         if reset:
             self.sums.clear()
             self.counts.clear()
@@ -136,7 +127,7 @@ class Trainer:
         model: GenerativeModel,
         objective: Objective,
         optimizers: dict[str, torch.optim.Optimizer],
-        stream: BatchStream,
+        stream: Stream,
         device: torch.device,
         precision: str,
         run_dir: Path,
@@ -147,6 +138,8 @@ class Trainer:
         evaluation: EvalSchedule | None = None,
         choices: dict[str, str] | None = None,
         sample_with_ema: bool = True,
+        schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] | None = None,
+        world: World | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -159,35 +152,45 @@ class Trainer:
         self.log_settings = logger
         self.config = config
         self.console = console or Console()
+        self.world = world or World()
         self.groups = model.param_groups()
         self.group_params = {name: [p for p in module.parameters()] for name, module in self.groups.items()}
         # the parameters the model itself leaves trainable: phases switch only these (a frozen one,
         # such as a fixed decoder variance, stays frozen), and fit() turns them all back on
         self.switchable = {name: [p for p in params if p.requires_grad] for name, params in self.group_params.items()}
         self.batches_per_step = sum(phase.repeats for phase in objective.phases)
+        self.clip = clip_norms(trainer.grad_clip, list(optimizers))
+        # fp16 needs loss scaling (its exponent range is narrow); a disabled scaler passes everything through
+        self.scalers = {name: torch.amp.GradScaler(device.type, enabled=precision == "fp16") for name in optimizers}
+        self.losses = compiled_losses(objective, trainer) if trainer.compile else {}
         self.step = 0
         self.train_time_s = 0.0
         self.acc = LogAccumulator()
         self.final: dict[str, float] = {}
-        self.sample_path: Path | None = None
         self.tb: TensorBoardLogger | None = None
-        self.evaluation = evaluation
         self.choices = choices or {}  # the config-group options of the run (model=dcgan ...), for tasks that reload it
         self.ema = EMA(model, trainer.ema_decay, trainer.ema_warmup) if trainer.ema_decay is not None else None
         self.sample_with_ema = sample_with_ema
-        self.eval_results: list[MetricResult] = []
-        self.eval_step: int | None = None
-        self.best: dict[str, Any] | None = None
         self.pending: list[str] = []  # hooks of the current step not yet run (a stop skipped them)
         self.stop = StopRequest(self._say)
+        self._stop_agreed = False
         self._saved_step: int | None = None
-        # a fixed batch of real 2-D points for scatter plots (images need none)
-        self.reference = stream.x[: logger.n_points].to(device) if stream.x.dim() == 2 else None
-        # a fixed batch of real data for the model's own pictures (reconstructions, density plots)
-        self.picture_batch = to_model_space(stream.x[: logger.n_points if self.reference is not None else logger.n_samples].to(device))
+        self.mark, self.paused = (0.0, 0), 0.0
+        self.schedule = ScheduleHook(schedulers or {})
+        self.samples = SampleHook(self)
+        self.evaluation = EvalHook(evaluation) if evaluation is not None else None
+        self.hooks: list[Hook] = [
+            self.schedule,
+            *([EMAHook(self.ema)] if self.ema is not None else []),
+            LogHook(logger.every),
+            self.samples,
+            *([self.evaluation] if self.evaluation is not None else []),
+            CheckpointHook(trainer.ckpt_every),
+        ]
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        evaluation = self.evaluation.state_dict() if self.evaluation is not None else {"step": None, "results": [], "best": None}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -196,14 +199,18 @@ class Trainer:
             "train_time_s": self.train_time_s,
             "model": self.model.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": self.schedule.state_dict(),
+            "scalers": {name: s.state_dict() for name, s in self.scalers.items() if s.is_enabled()},
             "stream": self.stream.state_dict(),
             "rng": rng_state(),
-            "best": self.best,
+            "rng_ranks": self._rank_rngs,
+            "world_size": self.world.size,
+            "best": evaluation.pop("best"),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "pending": list(self.pending),
             "log_interval": self.acc.state_dict(),
             "final": dict(self.final),
-            "evaluation": {"step": self.eval_step, "results": [r.as_dict() for r in self.eval_results]},
+            "evaluation": evaluation,
             "choices": self.choices,
             "config": self.config,
         }
@@ -225,30 +232,111 @@ class Trainer:
         changes = []
         for name, opt in self.optimizers.items():
             changes += _load_optimizer(opt, ckpt["optimizers"][name], name)
+        self.schedule.load_state_dict(ckpt.get("schedulers"))
+        for name, scaler in self.scalers.items():
+            if scaler.is_enabled() and name in ckpt.get("scalers", {}):
+                scaler.load_state_dict(ckpt["scalers"][name])
         self.stream.load_state_dict(ckpt["stream"])
-        set_rng_state(ckpt["rng"])
+        saved_world = int(ckpt.get("world_size", 1))
+        ranks = ckpt.get("rng_ranks")
+        if saved_world == self.world.size and ranks:
+            set_rng_state(ranks[self.world.rank])
+        else:
+            set_rng_state(ckpt["rng"])
+            if saved_world != self.world.size:
+                message = (
+                    f"checkpoint {source} was written by {saved_world} process(es) and this run has {self.world.size}: "
+                    "it continues from the checkpoint's weights and optimizer state, but the batch order and noise differ from an uninterrupted run"
+                )
+                self._say(message) if self.world.main else None
         self.step = int(ckpt["step"])
         self._saved_step = self.step
         self.train_time_s = float(ckpt.get("train_time_s", 0.0))
-        self.best = ckpt.get("best")
         self.pending = list(ckpt.get("pending", []))
         self.acc.load_state_dict(ckpt.get("log_interval"))
         self.final = dict(ckpt.get("final", {}))
-        evaluation = ckpt.get("evaluation") or {}
-        self.eval_step = evaluation.get("step")
-        self.eval_results = [MetricResult(**r) for r in evaluation.get("results", [])]
+        if self.evaluation is not None:
+            self.evaluation.load_state_dict({**(ckpt.get("evaluation") or {}), "best": ckpt.get("best")})
         if self.ema is not None:
             if ckpt.get("ema") is None and self.step > 0:
                 raise GentrainError(f"checkpoint {source} has no weight average; resume without trainer.ema_decay or from a run that had it")
             self.ema.load_state_dict(ckpt.get("ema"))
         return changes
 
-    def save(self) -> Path:
+    def checkpoint(self) -> Path:
+        """Save ``last.pt`` (rank 0) unless the model or the current interval's losses are non-finite (checked in one host sync).
+
+        Every rank's RNG state goes into it, so a resume with the same number of processes continues exactly.
+        """
+        self.interval_means(reset=False)  # the interval goes on: its means are logged at the next log step
+        self._rank_rngs = distributed.gather_objects(rng_state(), self.world) if self.world.active else None
         path = self.run_dir / "checkpoints" / "last.pt"
-        atomic_save(self.state_dict(), path)
+        if self.world.main:
+            atomic_save(self.state_dict(), path)
+            RUN_LOG.info("checkpoint at step %d: %s", self.step, path)
+        self._saved_step = self.step
         return path
 
+    _rank_rngs: list[dict[str, Any]] | None = None
+
     # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        s, ls = self.settings, self.log_settings
+        start_step = self.step
+        main = self.world.main
+        if main:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            # on resume, drop events a crashed session wrote after the checkpoint's step
+            self.tb = TensorBoardLogger(self.run_dir / "tensorboard", purge_step=start_step + 1 if start_step else None) if ls.tensorboard else None
+            self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
+            if self.tb is not None and start_step == 0:
+                from omegaconf import OmegaConf
+
+                self.tb.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
+        self.progress = ConsoleProgress(self.console, s.max_steps, start_step, ls.progress and main)
+        session_start = time.perf_counter()
+        train_time_before = self.train_time_s
+        self.mark, self.paused = (time.perf_counter(), self.step), 0.0
+        try:
+            with self.stop:
+                if self.pending:  # hooks the interrupted session skipped at its last step
+                    RUN_LOG.info("running the %s of step %d that the stopped session skipped", " and ".join(self.pending), self.step)
+                    self._run_deferred([h for h in self.hooks if h.name in self.pending], self.step >= s.max_steps)
+                    self.checkpoint()  # no longer pending (and best.pt's record is current), even if no step follows
+                self.model.train()
+                while self.step < s.max_steps and not self.stopping:
+                    for hook in self.hooks:
+                        hook.before_step(self)
+                    for phase in self.objective.phases:
+                        self._set_trainable(phase.name)
+                        for _ in range(phase.repeats):
+                            self._update(phase.name)
+                    self.step += 1
+                    self.progress.advance(self.step)
+                    self._after_step(self.step == s.max_steps)
+                if self.stopping:
+                    # the checkpoint of this step (written by its hook, with its pending hooks) unless the stop came before the loop ran
+                    path = self.checkpoint() if self._saved_step != self.step else self.run_dir / "checkpoints" / "last.pt"
+                    signum = self.stop.signum or 15  # a rank told by another rank stops as if signalled with SIGTERM
+                    name = self.stop.name or "SIGTERM (on another rank)"
+                    raise Interrupted(
+                        f"stopped by {name} at step {self.step}; checkpoint saved to {path}; continue with: gentrain trainer.resume={self.run_dir}",
+                        signum,
+                    )
+        finally:
+            self.progress.close()
+            for params in self.switchable.values():
+                for p in params:
+                    p.requires_grad_(True)
+            if self.tb is not None:
+                self.tb.flush()
+        session = time.perf_counter() - session_start
+        ev = self.evaluation
+        return TrainResult(
+            start_step, self.step, self.train_time_s, session, self.train_time_s - train_time_before, self.batches_per_step,
+            dict(self.final), self.samples.path, list(ev.records) if ev else [], ev.step if ev else None, ev.best if ev else None,
+        )
+
     def _set_trainable(self, phase: str) -> None:
         """Only the phase's parameter group builds gradients: no wasted backward through the others."""
         if len(self.groups) > 1:
@@ -256,136 +344,96 @@ class Trainer:
                 for p in params:
                     p.requires_grad_(name == phase)
 
-    def _phase_update(self, phase: str) -> None:
+    def _update(self, phase: str) -> None:
+        """One optimisation of ``phase``: batch, loss, backward, gradients averaged over ranks, clip, step, ``after_update``."""
         batch = self.stream.next()
         with autocast(self.device, self.precision):
-            out = self.objective.step(phase, self.model, batch)
-        opt = self.optimizers[phase]
+            out: StepOutput = self.losses.get(phase, self.objective.step)(phase, self.model, batch)
+        opt, scaler = self.optimizers[phase], self.scalers[phase]
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        # max_norm=inf: measures the norm without clipping (a multiply by exactly 1.0)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.group_params[phase], max_norm=math.inf)
-        opt.step()
+        scaler.scale(out.loss).backward()
+        params = self.group_params[phase]
+        distributed.average_gradients(params, self.world)
+        scaler.unscale_(opt)
+        if math.isinf(self.clip[phase]):  # measured only: no multiply of every gradient by 1.0
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = total_norm(grads) if grads else torch.zeros((), device=self.device)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=self.clip[phase])
+        scaler.step(opt)
+        scaler.update()
         self.objective.after_update(phase, self.model)
-        for key, value in out.logs.items():
-            self.acc.add(f"train/{phase}/{key}", value)
-        self.acc.add(f"train/{phase}/grad_norm", grad_norm)
+        self.acc.add_all({**{f"train/{phase}/{k}": v for k, v in out.logs.items()}, f"train/{phase}/grad_norm": grad_norm})
 
-    def fit(self) -> TrainResult:
-        s, ls = self.settings, self.log_settings
-        start_step = self.step
-        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        # on resume, drop events a crashed session wrote after the checkpoint's step
-        purge = start_step + 1 if start_step else None
-        self.tb = TensorBoardLogger(self.run_dir / "tensorboard", purge_step=purge) if ls.tensorboard else None
-        self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
-        if self.tb is not None and start_step == 0:
-            from omegaconf import OmegaConf
+    def _after_step(self, last: bool) -> None:
+        """The hooks due at this step, in order; the deferrable ones (pictures, evaluation) a stop may skip."""
+        if self.world.active:
+            distributed.broadcast_state(self.model, self.world, buffers_only=True)  # running statistics follow rank 0, as under DDP
+        due = [h for h in self.hooks if h.due(self, last)]
+        deferred = [h for h in due if h.deferrable]
+        for hook in due:
+            if hook.deferrable:
+                if hook is deferred[0]:
+                    self._run_deferred(deferred, last)
+            else:
+                hook.after_step(self, last)
 
-            self.tb.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
-        progress = ConsoleProgress(self.console, s.max_steps, start_step, ls.progress)
-        session_start = time.perf_counter()
-        train_time_before = self.train_time_s
-        self._mark = (time.perf_counter(), self.step)
-        self._paused = 0.0
-        try:
-            with self.stop:
-                if self.pending:  # hooks the interrupted session skipped at its last step
-                    RUN_LOG.info("running the %s of step %d that the stopped session skipped", " and ".join(self.pending), self.step)
-                    self._run_hooks(list(self.pending), self.step >= s.max_steps)
-                    self._checkpoint()  # no longer pending (and best.pt's record is current), even if no step follows
-                self.model.train()
-                while self.step < s.max_steps and not self.stop.requested:
-                    if s.warmup_steps and self.step <= s.warmup_steps:
-                        self._warm_up()
-                    for phase in self.objective.phases:
-                        self._set_trainable(phase.name)
-                        for _ in range(phase.repeats):
-                            self._phase_update(phase.name)
-                    if self.ema is not None:
-                        self.ema.update()
-                    self.step += 1
-                    progress.advance(self.step)
-                    last = self.step == s.max_steps
-                    if self.step % ls.every == 0 or last:
-                        self._log(progress)
-                    self._run_hooks(self._due_hooks(last), last)
-                    if (s.ckpt_every and self.step % s.ckpt_every == 0) or last or self.stop.requested:
-                        self._checkpoint()
-                if self.stop.requested:
-                    # the checkpoint of this step (written above, with its pending hooks) unless the stop came before the loop ran
-                    path = self._checkpoint() if self._saved_step != self.step else self.run_dir / "checkpoints" / "last.pt"
-                    raise Interrupted(
-                        f"stopped by {self.stop.name} at step {self.step}; checkpoint saved to {path}; "
-                        f"continue with: gentrain trainer.resume={self.run_dir}",
-                        self.stop.signum or 0,
-                    )
-        finally:
-            progress.close()
-            for params in self.switchable.values():
-                for p in params:
-                    p.requires_grad_(True)
-            if self.tb is not None:
-                self.tb.flush()
-        session = time.perf_counter() - session_start
-        return TrainResult(
-            start_step, self.step, self.train_time_s, session, self.train_time_s - train_time_before, self.batches_per_step,
-            dict(self.final), self.sample_path, self.eval_results, self.eval_step, self.best,
-        )
-
-    def _warm_up(self) -> None:
-        """Linear learning-rate warm-up: step ``t`` (from 0) runs at ``lr * min(1, (t + 1) / warmup_steps)``.
-
-        A function of the step alone, so a resumed run continues it exactly; host floats, no device sync.
-        """
-        factor = min(1.0, (self.step + 1) / self.settings.warmup_steps)
-        for opt in self.optimizers.values():
-            for group in opt.param_groups:
-                # the configured rate, kept in the group (and its checkpoint) as torch's schedulers keep it
-                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
-
-    # ---- hooks -------------------------------------------------------------------------------
-    def _due_hooks(self, last: bool) -> list[str]:
-        due = ["samples"] if self.step % self.log_settings.samples_every == 0 or last else []
-        if self.evaluation is not None and self.evaluation.splits(self.step, last):
-            due.append("evaluate")
-        return due
-
-    def _run_hooks(self, names: list[str], last: bool) -> None:
+    def _run_deferred(self, hooks: list[Hook], last: bool) -> None:
         """Pictures and evaluation of this step (not training time); a stop skips or cuts them short and leaves them pending."""
-        self.pending = list(names)
+        self.pending = [h.name for h in hooks]
         t0 = time.perf_counter()
-        hooks = {"samples": self._samples, "evaluate": self._evaluate}
         try:
-            for name in names:
-                if self.stop.requested:
+            for hook in hooks:
+                if self.stopping:
                     break
-                self.stop.abortable = True
+                # a single process may cut a hook short; ranks must finish their collectives together
+                self.stop.abortable = not self.world.active
                 try:
-                    hooks[name](last)
+                    hook.after_step(self, last)
                 except HookAborted:
                     break
                 finally:
                     self.stop.abortable = False
-                self.pending.remove(name)
+                self.pending.remove(hook.name)
         finally:
-            self._paused += time.perf_counter() - t0
+            self.paused += time.perf_counter() - t0
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was requested (under torchrun: on some rank, as agreed at the last log or checkpoint step)."""
+        return self._stop_agreed if self.world.active else self.stop.requested
+
+    def average(self) -> EMA | None:
+        """The weight average samples and evaluation use (when there is one and eval.use_ema)."""
+        return self.ema if self.sample_with_ema else None
 
     def _say(self, message: str) -> None:
         self.console.print(message, highlight=False)
         RUN_LOG.warning(message)
 
+    # ---- interval means and the non-finite check ---------------------------------------------
     def _finite(self) -> Tensor:
         """One device bool: every floating parameter and buffer of the model (and of its weight average) is finite."""
         modules = [self.model] if self.ema is None or self.ema.module is None else [self.model, self.ema.module]
         tensors = [t for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
         return torch.stack([t.isfinite().all() for t in tensors]).all() if tensors else torch.ones((), dtype=torch.bool)
 
-    def _checked_means(self, reset: bool) -> dict[str, float]:
-        """The interval's means, read in one host sync with the model's finiteness; a non-finite loss or model stops the run."""
-        values = self.acc.mean({"finite": self._finite()}, reset=reset)
-        finite = values.pop("finite")
-        bad = sorted(k for k, v in values.items() if not math.isfinite(v) and k != "train/steps_per_s")
+    def interval_means(self, reset: bool) -> dict[str, float]:
+        """The interval's means over ranks, read in one host sync with the model's finiteness; a non-finite loss or model stops the run.
+
+        Under torchrun the same sync carries the ranks' stop requests, so all ranks stop at the same step.
+        """
+        extra = {"finite": self._finite()}
+        if self.world.active:
+            extra["stop"] = torch.tensor(float(self.stop.requested), device=self.device)
+        values = self.acc.mean(extra, reset=reset, reduce=lambda t: distributed.mean_over_ranks(t, self.world))
+        finite = values.pop("finite") == 1.0  # a mean over ranks: 1 only when every rank is finite
+        if self.world.active:
+            self._stop_agreed = values.pop("stop") > 0 or self._stop_agreed
+        skip_scaled = any(s.is_enabled() for s in self.scalers.values())  # fp16: the scaler skips steps with inf gradients
+        bad = sorted(
+            k for k, v in values.items() if not math.isfinite(v) and k != "train/steps_per_s" and not (skip_scaled and k.endswith("grad_norm"))
+        )
         last = self.run_dir / "checkpoints" / "last.pt"
         kept = f"the last finite checkpoint (step {self._saved_step}) is kept: {last}" if self._saved_step is not None else "no checkpoint was written"
         if bad:
@@ -402,103 +450,41 @@ class Trainer:
             )
         return values
 
-    def _log(self, progress: ConsoleProgress | None = None) -> None:
-        values = self._checked_means(reset=True)
-        if not values:
-            return
-        now = time.perf_counter()
-        t0, step0 = self._mark
-        elapsed = now - t0 - self._paused  # pictures and evaluation are not training
-        self._paused = 0.0
-        self.train_time_s += elapsed
-        self._mark = (now, self.step)
-        steps_per_s = (self.step - step0) / elapsed if elapsed > 0 else float("nan")
-        values["train/steps_per_s"] = steps_per_s
-        values["train/epoch"] = float(self.stream.epoch)
-        for name, opt in self.optimizers.items():
-            values[f"train/lr/{name}"] = float(opt.param_groups[0]["lr"])
-        self.final = values
-        if self.tb is not None:
-            self.tb.scalars(values, self.step)
-        self.jsonl.write({"kind": "train", "step": self.step, "time_s": round(self.train_time_s, 3), **values})
-        RUN_LOG.info("step %d/%d  %.1f steps/s  %s", self.step, self.settings.max_steps, steps_per_s, format_logs(values))
-        if progress is not None:
-            progress.logged(self.step, values, steps_per_s)
 
-    @torch.no_grad()
-    def _samples(self, last: bool) -> None:
-        generator = torch.Generator(device=self.device).manual_seed(self.settings.seed + _FIXED_NOISE_SEED_OFFSET)
-        n = self.log_settings.n_points if self.reference is not None else self.log_settings.n_samples
-        with sampling_state(self.model, self._average()):
-            x, nrow = self.model.sample_grid(n, generator=generator)
-            interpolations = self._interpolations(generator)
-            extra = self.model.pictures(self.picture_batch, generator)
-        picture = sample_picture(x.float(), self.reference, nrow)
-        if picture is None:
-            return
-        path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
-        save_png(picture, path)
-        self.sample_path = path
-        if self.tb is not None:
-            self.tb.image("samples", picture, self.step)
-        named = {f"interp_{kind}": (grid, self.log_settings.interp_steps) for kind, grid in interpolations.items()} | extra
-        for name, (images, nrow) in named.items():
-            image = image_grid(images.float(), nrow, min_side=256 if images.shape[0] == 1 else 32)
-            save_png(image, self.run_dir / "samples" / f"{name}_step_{self.step:06d}.png")
-            if self.tb is not None:
-                self.tb.image(f"pictures/{name}", image, self.step)
+def total_norm(grads: list[Tensor]) -> Tensor:
+    """The L2 norm of all ``grads`` together (torch's ``get_total_norm`` where it exists: torch >= 2.6)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
-    def _average(self) -> EMA | None:
-        """The weight average samples and evaluation use (when there is one and eval.use_ema)."""
-        return self.ema if self.sample_with_ema else None
 
-    def _interpolations(self, generator: torch.Generator) -> dict[str, Tensor]:
-        """Linear and spherical latent interpolation grids (images only: a path of 2-D points is no picture)."""
-        ls = self.log_settings
-        if not ls.interpolations or self.reference is not None:
-            return {}
-        grids = {}
-        for kind, spherical in (("lerp", False), ("slerp", True)):
-            g = torch.Generator(device=self.device).manual_seed(self.settings.seed + _FIXED_NOISE_SEED_OFFSET + 1)
-            out = self.model.interpolate(ls.interp_rows, ls.interp_steps, spherical, generator=g)
-            if out is None:
-                return {}
-            grids[kind] = out
-        return grids
+def clip_norms(setting: Any, phases: list[str]) -> dict[str, float]:
+    """``trainer.grad_clip`` (null, a max norm for every phase, or ``{phase: max norm}``) as a max norm per phase (inf: none)."""
+    if setting is None:
+        return {p: math.inf for p in phases}
+    per_phase = setting if isinstance(setting, dict) else {p: setting for p in phases}
+    unknown = sorted(set(per_phase) - set(phases))
+    if unknown:
+        raise GentrainError(f"trainer.grad_clip names phase(s) {unknown}, and this objective's phases are {phases}; e.g. trainer.grad_clip={{{phases[0]}: 1.0}}")
+    norms = {}
+    for phase in phases:
+        value = per_phase.get(phase)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise GentrainError(f"trainer.grad_clip for phase {phase} must be a positive max norm or null, got {value!r}; e.g. trainer.grad_clip=1.0")
+        norms[phase] = math.inf if value is None else float(value)
+    return norms
 
-    def _evaluate(self, last: bool) -> None:
-        """Evaluate on this step's splits (its time is not training time), log ``eval/*``, keep ``best.pt`` by the validation key."""
-        ev = self.evaluation
-        assert ev is not None
-        splits = ev.splits(self.step, last)
-        t0 = time.perf_counter()
-        with sampling_state(self.model, self._average()):
-            results = ev.evaluate(self.model, splits)
-        elapsed = time.perf_counter() - t0
-        values = flat_values(results)
-        self.eval_results, self.eval_step = results, self.step
-        if self.tb is not None:
-            self.tb.scalars({f"eval/{k}": v for k, v in values.items()}, self.step)
-        record = {"kind": "eval", "step": self.step, "splits": splits, "eval_time_s": round(elapsed, 3), **values}
-        self.jsonl.write({**record, "results": [r.as_dict() for r in results]})
-        shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
-        self.console.print(f"eval at step {self.step} ({', '.join(splits)}; {elapsed:.1f} s): {shown}", highlight=False)
-        RUN_LOG.info("eval at step %d (%s; %.1f s): %s", self.step, ", ".join(splits), elapsed, shown)
-        value = values.get(ev.best_key) if ev.best_key else None
-        if value is None or not math.isfinite(value):
-            return
-        best = self.best
-        if best is None or (value > best["value"] if ev.higher_is_better else value < best["value"]):
-            self.best = {"key": ev.best_key, "value": value, "step": self.step, "split": SELECTION_SPLIT}
-            atomic_save(self.state_dict(), self.run_dir / "checkpoints" / "best.pt")
 
-    def _checkpoint(self) -> Path:
-        """Save ``last.pt`` unless the model or the current interval's losses are non-finite (checked in one host sync)."""
-        self._checked_means(reset=False)  # the interval goes on: its means are logged at the next log step
-        path = self.save()
-        self._saved_step = self.step
-        RUN_LOG.info("checkpoint at step %d: %s", self.step, path)
-        return path
+def compiled_losses(objective: Objective, settings: TrainerSettings) -> dict[str, Callable[..., StepOutput]]:
+    """``objective.step`` compiled by ``torch.compile`` for each phase the objective allows (eager for the others)."""
+    # static shapes: the batch size is fixed during training (and randn cannot take a symbolic size)
+    compiled = torch.compile(
+        objective.step, mode=None if settings.compile_mode == "default" else settings.compile_mode, backend=settings.compile_backend, dynamic=False,
+    )
+    eager = [p.name for p in objective.phases if p.name in objective.eager_phases]
+    if eager:
+        RUN_LOG.info("trainer.compile: phase(s) %s stay eager (%s)", eager, objective.eager_reason)
+    return {p.name: compiled for p in objective.phases if p.name not in objective.eager_phases}
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any], phase: str) -> list[str]:
@@ -508,14 +494,22 @@ def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any], phase: st
     resume would be silently ignored. Returns what changed, e.g. ``model.optimizer.G.lr: 1000 -> 0.0002``.
     """
     configured = [{k: v for k, v in g.items() if k not in ("params", "initial_lr")} for g in opt.param_groups]
+    base = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]  # the configured rate (a scheduler keeps it as initial_lr)
     opt.load_state_dict(state)
     changes = []
-    for group, conf in zip(opt.param_groups, configured):
+    for group, conf, configured_lr in zip(opt.param_groups, configured, base):
+        # the schedule's factor at the saved step (1 without a schedule), applied to the configured rate
+        saved_base, state_lr = group.get("initial_lr", group["lr"]), group["lr"]
+        factor = state_lr / saved_base if saved_base else 1.0
         for key, value in conf.items():
-            saved = group.get("initial_lr", group.get("lr")) if key == "lr" else group.get(key)
+            saved = saved_base if key == "lr" else group.get(key)
+            if key == "lr":
+                value = configured_lr
             if saved != value and not (isinstance(saved, (tuple, list)) and list(saved) == list(value)):
                 changes.append(f"model.optimizer.{phase}.{key}: {saved} -> {value}")
             group[key] = value
-            if key == "lr" and "initial_lr" in group:  # the warm-up rescales from the configured rate
-                group["initial_lr"] = value
+        # unchanged rate: the saved value exactly (a product could differ in the last bit and break an exact resume)
+        group["lr"] = state_lr if configured_lr == saved_base else configured_lr * factor
+        if "initial_lr" in group:
+            group["initial_lr"] = configured_lr
     return list(dict.fromkeys(changes))

@@ -21,10 +21,11 @@ import torch
 from torch import Tensor
 
 from gentrain.data.base import Dataset
-from gentrain.engine.checkpoint import atomic_save
+from gentrain.engine import distributed
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import FAMILIES, Features, MetricResult, Protocol, compute, parse_protocol
 from gentrain.models.base import GenerativeModel
+from gentrain.shared import atomic_save, to_model_space, to_uint8
 from gentrain.sampling import eval_mode, sample_batches
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,6 @@ class PointFeatures:
         return x.float(), None
 
 
-def to_uint8(x: Tensor) -> Tensor:
-    """Model-space images in [-1, 1] -> uint8 0..255 (the inverse of the data scaling)."""
-    return x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-
-
 @torch.no_grad()
 def extract(batches: Callable[[int, int], Tensor], n: int, extractor: FeatureExtractor, batch_size: int) -> Features:
     """Features of ``n`` images produced by ``batches(start, size) -> uint8 [size, C, H, W]``, in batches."""
@@ -75,6 +71,19 @@ def extract(batches: Callable[[int, int], Tensor], n: int, extractor: FeatureExt
     return Features(pool.cpu(), None if logits is None else logits.cpu())
 
 
+#: Under torchrun rank r draws its share of the samples with seed ``eval.seed + r * stride``.
+RANK_SEED_STRIDE = 1_000_003
+
+
+def rank_shares(n: int, world: distributed.World) -> list[int]:
+    """How many of ``n`` items each rank takes (the first ``n % size`` ranks one more)."""
+    return [n // world.size + (r < n % world.size) for r in range(world.size)]
+
+
+def _gathered(features: Features, world: distributed.World) -> Features:
+    return Features(distributed.gather_rows(features.pool, world), None if features.logits is None else distributed.gather_rows(features.logits, world))
+
+
 @torch.no_grad()
 def generated_features(model: GenerativeModel, n: int, extractor: FeatureExtractor, batch_size: int, seed: int) -> Features:
     """Features of ``n`` samples of ``model`` (eval mode, drawn by :func:`gentrain.sampling.sample_batches`).
@@ -82,7 +91,20 @@ def generated_features(model: GenerativeModel, n: int, extractor: FeatureExtract
     The noise comes from a generator seeded with ``seed`` (the global RNG is untouched), in batches
     of ``batch_size``: ``task=sample`` with the same seed and batch size draws the same samples.
     Images go to the extractor as uint8, as real images do; points go as they are.
+
+    Under torchrun the ranks split the work: rank r draws its share with seed
+    ``seed + r * RANK_SEED_STRIDE`` (rank 0's share is the first part of the one-process set) and
+    the features are gathered in rank order, so every rank holds all ``n``.
     """
+    world = distributed.current()
+    if world.active:
+        share = rank_shares(n, world)[world.rank]
+        local = _generated_features(model, share, extractor, batch_size, seed + RANK_SEED_STRIDE * world.rank)
+        return _gathered(local, world)
+    return _generated_features(model, n, extractor, batch_size, seed)
+
+
+def _generated_features(model: GenerativeModel, n: int, extractor: FeatureExtractor, batch_size: int, seed: int) -> Features:
     batches = sample_batches(model, n, seed, batch_size)
 
     def batch(start: int, size: int) -> Tensor:
@@ -266,14 +288,18 @@ class Evaluator:
     @torch.no_grad()
     def log_likelihoods(self, model: GenerativeModel, split: str, n: int) -> Features:
         """log p(x) [N, 1] of the first ``n`` examples of ``split``, in batches; the global RNG is left as it was."""
-        from gentrain.engine.loader import to_model_space
 
         x = self.split_data(split)[:n]
+        world = distributed.current()
+        if world.active:  # each rank its contiguous share of the examples, gathered back in order
+            shares = rank_shares(x.shape[0], world)
+            start = sum(shares[: world.rank])
+            x = x[start : start + shares[world.rank]]
         devices = [model.device] if model.device.type == "cuda" else []
         with eval_mode(model), torch.random.fork_rng(devices=devices):  # dequantisation and IWAE noise: seeded, and invisible to training
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.seed + RANK_SEED_STRIDE * world.rank)
             out = [
                 model.log_likelihood(to_model_space(x[i : i + self.batch_size].to(model.device)), k=int(self.options.get("iwae_k", 1))).float()
                 for i in range(0, x.shape[0], self.batch_size)
             ]
-        return Features(torch.cat(out)[:, None].cpu())
+        return _gathered(Features(torch.cat(out)[:, None].cpu()), world)

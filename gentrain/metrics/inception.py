@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
 
-from gentrain.engine.checkpoint import atomic_save
 from gentrain.errors import GentrainError
+from gentrain.shared import atomic_save
 
 WEIGHTS_ENV = "GENTRAIN_INCEPTION_WEIGHTS"
 CACHE_ENV = "GENTRAIN_CACHE"

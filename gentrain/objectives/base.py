@@ -50,6 +50,9 @@ class Objective:
     #: The model interface the objective needs (a class models inherit from); checked at start-up.
     family: ClassVar[type[nn.Module]] = nn.Module
     phases: tuple[Phase, ...] = (Phase("main"),)
+    #: Phases ``trainer.compile`` leaves eager (e.g. a double backward, which compiled autograd lacks), and why.
+    eager_phases: ClassVar[frozenset[str]] = frozenset()
+    eager_reason: ClassVar[str] = ""
 
     def step(self, phase: str, model: nn.Module, batch: Batch) -> StepOutput:
         raise NotImplementedError

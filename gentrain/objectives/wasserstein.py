@@ -83,6 +83,9 @@ class WassersteinGP(Wasserstein):
     Wasserstein logs. A critic with batch norm is refused at start-up (:meth:`check_model`).
     """
 
+    eager_phases = frozenset({"D"})
+    eager_reason = "the gradient penalty differentiates through the critic twice, which torch.compile's autograd does not support"
+
     def __init__(self, d_steps: int = 5, gp_weight: float = 10.0, aux_weight: float = 1.0, pack: int = 1) -> None:
         AdversarialObjective.__init__(self, d_steps, aux_weight, pack)
         if not float(gp_weight) >= 0:

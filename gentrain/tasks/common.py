@@ -13,7 +13,8 @@ from gentrain.config import DeviceSettings, EvalSettings, typed
 from gentrain.data.base import Dataset
 from gentrain.engine.checkpoint import find_checkpoint, load_checkpoint
 from gentrain.engine.ema import EMA
-from gentrain.engine.device import check_precision, configure_backends, resolve_device
+from gentrain.engine import distributed
+from gentrain.engine.device import check_precision, configure_backends, resolve_device, set_threads
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import Evaluator, FeatureExtractor, ReferenceCache
 from gentrain.metrics.fidelity import headline_direction, parse_protocol
@@ -23,7 +24,8 @@ from gentrain.models.base import GenerativeModel
 def setup_device(cfg: DictConfig) -> tuple[torch.device, DeviceSettings]:
     ds = typed(cfg.device, DeviceSettings, "device")
     check_precision(ds.precision)
-    device = resolve_device(ds.type)
+    set_threads(ds.threads)
+    device = distributed.init(distributed.from_env(), resolve_device(ds.type))  # under torchrun: this rank's device
     configure_backends(device, ds.tf32)
     return device, ds
 

@@ -18,26 +18,31 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from gentrain.build import build, build_model, build_objective, build_optimizers, choice, seed_everything
+from gentrain.build import build, build_model, build_objective, build_optimizers, build_schedulers, choice, seed_everything
 from gentrain.config import DeviceSettings, EvalSettings, LoggerSettings, TrainerSettings, typed
 from gentrain.data.base import Dataset
 from gentrain.engine.checkpoint import find_checkpoint, load_checkpoint
-from gentrain.engine.device import device_name
+from gentrain.engine import distributed
+from gentrain.engine.device import device_name, use_channels_last
+from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
-from gentrain.engine.loader import BatchStream
 from gentrain.engine.loggers import flatten, summary_table
-from gentrain.engine.rundir import RUN_LOG, RunDirectory, describe_os_error
-from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult
-from gentrain.errors import GentrainError
-from gentrain.metrics.fidelity import flat_values
+from gentrain.engine.rundir import RUN_LOG, RunDirectory
+from gentrain.engine.streaming import open_stream
+from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult, clip_norms
+from gentrain.errors import GentrainError, check_choice
+from gentrain.metrics.fidelity import MetricResult, flat_values
 from gentrain.metrics.report import command_line, evaluation_table, versions, write_reports
 from gentrain.models.base import GenerativeModel
 from gentrain.objectives.base import Objective
+from gentrain.shared import describe_os_error
 from gentrain.tasks.common import best_key, make_evaluator, setup_device
 from gentrain.tasks.resume import resume_config
 
 #: The groups a report names (model=dcgan dataset=digits objective=non_saturating).
 GROUPS = ("model", "dataset", "objective")
+#: Rank r > 0 of a torchrun job reseeds its noise with trainer.seed + stride * (r + 1) (and rank 0 too, so no rank repeats a one-process run's noise).
+_RANK_SEED_STRIDE = 1_000_000_007
 
 
 def hydra_run_dir() -> Path:
@@ -92,7 +97,9 @@ class Setup:
     model: GenerativeModel
     objective: Objective
     optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
     schedule: EvalSchedule | None
+    world: World
 
 
 def prepare(cfg: DictConfig) -> Setup:
@@ -105,12 +112,19 @@ def prepare(cfg: DictConfig) -> Setup:
     ls = typed(cfg.logger, LoggerSettings, "logger")
     es = typed(cfg.eval, EvalSettings, "eval")
     device, ds = setup_device(cfg)
+    world = distributed.current()
     dataset = build(cfg.dataset, "dataset")
     seed_everything(ts.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if _sync_batchnorm(cfg, device, world):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device, memory_format=torch.channels_last) if use_channels_last(ds.channels_last, device, model) else model.to(device)
     objective = build_objective(cfg, model)
     objective.check_batch_size(ts.batch_size)
-    optimizers = build_optimizers(cfg, model, objective)
+    clip_norms(ts.grad_clip, [p.name for p in objective.phases])  # refuses a bad trainer.grad_clip before anything is written
+    check_choice(ts.compile_mode, COMPILE_MODES, "trainer.compile_mode", "reduce-overhead")
+    optimizers = build_optimizers(cfg, model, objective, fused=device.type == "cuda")
+    schedulers = build_schedulers(cfg, optimizers, ts.warmup_steps)
     if ts.ema_decay is not None:
         EMA(model, ts.ema_decay)  # refuses a bad decay or a model with nothing to average
     schedule = None
@@ -125,8 +139,32 @@ def prepare(cfg: DictConfig) -> Setup:
                     f"eval.every={es.every} evaluates during training on the validation split, and dataset {dataset.name} has none "
                     "(dataset.val_fraction=0); set dataset.val_fraction=0.1, or eval.every=0 to evaluate only at the end"
                 )
-        schedule = EvalSchedule(evaluator, es.every, es.at_end, es.split, key if es.every else None, higher)
-    return Setup(ts, ls, es, ds, device, dataset, model, objective, optimizers, schedule)
+        schedule = EvalSchedule(_records(evaluator), es.every, es.at_end, es.split, key if es.every else None, higher)
+    return Setup(ts, ls, es, ds, device, dataset, model, objective, optimizers, schedulers, schedule, world)
+
+
+#: ``trainer.compile_mode`` values (torch.compile's modes).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _records(evaluator: Any) -> Any:
+    """The evaluator as the engine calls it: ``(model, splits) -> (flat values, result records)`` (the engine imports no metrics)."""
+
+    def evaluate(model: GenerativeModel, splits: list[str]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        results = evaluator(model, splits)
+        return flat_values(results), [r.as_dict() for r in results]
+
+    return evaluate
+
+
+def _sync_batchnorm(cfg: DictConfig, device: torch.device, world: World) -> bool:
+    """``model.sync_batchnorm``: batch statistics over every rank's batch (GPUs only, as torch's SyncBatchNorm)."""
+    value = OmegaConf.select(cfg, "model.sync_batchnorm", default=False)
+    if not isinstance(value, bool):
+        raise GentrainError(f"model.sync_batchnorm must be true or false, got {value!r}")
+    if value and device.type != "cuda":
+        raise GentrainError("model.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs); set model.sync_batchnorm=false on the CPU")
+    return value and world.active
 
 
 def check(cfg: DictConfig) -> None:
@@ -160,8 +198,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     resolved = resolve_config(cfg)
     setup = prepare(cfg)  # every refusal happens here or above: nothing is written yet
     choices = dict(ckpt.get("choices") or {}) if ckpt is not None else _choices(cfg, hydra)
+    if not setup.world.main:  # rank 0 owns the run directory; the other ranks train and write nothing
+        return _follow(requested, resolved, setup, choices, ckpt, resume, t0)
     rundir, moved = RunDirectory.claim(requested, resume_in_place=in_place)
     try:
+        distributed.gather_objects(str(rundir.path), setup.world)  # the other ranks learn where the run went
         if moved:
             console.print(moved, highlight=False)
         rundir.open(resolved, None if in_place else overrides, None if hydra is None else {"hydra": hydra}, ckpt["step"] if in_place and ckpt else None, list(ckpt.get("pending", [])) if ckpt else [])
@@ -180,6 +221,18 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
         rundir.release()
 
 
+def _follow(
+    requested: Path, resolved: dict[str, Any], setup: Setup, choices: dict[str, Any], ckpt: dict[str, Any] | None, source: Path | None, t0: float,
+) -> dict[str, Any]:
+    """A rank other than 0: train in step with rank 0 into rank 0's run directory, print and write nothing."""
+    import io
+
+    run_dir = Path(distributed.gather_objects(None, setup.world)[0])
+    if requested != run_dir and requested.is_dir() and not any(requested.iterdir()):
+        requested.rmdir()  # Hydra made this rank its own (empty) directory when its clock named another second
+    return _train(resolved, setup, run_dir, choices, ckpt, source, Console(file=io.StringIO()), t0)
+
+
 def _choices(cfg: DictConfig, hydra: Any) -> dict[str, Any]:
     """The run's config-group options (model=dcgan ...), kept in the checkpoint so a resume knows what the run was."""
     choices: dict[str, Any] = {g: choice(cfg, g) for g in GROUPS}
@@ -193,10 +246,15 @@ def _train(
     console: Console, t0: float,
 ) -> dict[str, Any]:
     s = setup
-    train_split = s.dataset.load("train")
-    s.model.check_data(train_split, str(choices.get("dataset", "?")))
-    stream = BatchStream(train_split, s.ts.batch_size, s.device, s.ts.seed, s.ds.data_on_device)
-    trainer = Trainer(s.model, s.objective, s.optimizers, stream, s.device, s.ds.precision, run_dir, s.ts, s.ls, resolved, console, s.schedule, choices, s.es.use_ema)
+    stream = open_stream(s.dataset, "train", s.ts.batch_size, s.device, s.ts.seed, s.ds.data_on_device, s.world.rank, s.world.size)
+    s.model.check_data(stream.head(stream.num_examples if not s.dataset.streams() else 4096), str(choices.get("dataset", "?")))
+    distributed.broadcast_state(s.model, s.world)  # every rank starts from rank 0's weights
+    if s.world.active:  # each rank its own noise (the model's initial weights were drawn with trainer.seed on every rank)
+        seed_everything(s.ts.seed + _RANK_SEED_STRIDE * (s.world.rank + 1))
+    trainer = Trainer(
+        s.model, s.objective, s.optimizers, stream, s.device, s.ds.precision, run_dir, s.ts, s.ls, resolved, console, s.schedule, choices,
+        s.es.use_ema, s.schedulers, s.world,
+    )
     changes: list[str] = []
     if ckpt is not None:
         changes = trainer.load_state_dict(ckpt, str(source))
@@ -214,7 +272,9 @@ def _train(
     if trainer.step >= s.ts.max_steps:
         console.print(f"checkpoint is at step {trainer.step} >= trainer.max_steps={s.ts.max_steps}: nothing to train", highlight=False)
     result = trainer.fit()
-    report = make_report(choices, resolved, result, s.ts, s.ls, s.device, s.ds.precision, setup_s, n_params, changes)
+    report = make_report(choices, resolved, result, s.ts, s.ls, s.device, s.ds.precision, setup_s, n_params, changes, s.world)
+    if not s.world.main:
+        return report
     write_reports(run_dir, report)
     if trainer.tb is not None:
         trainer.tb.hparams(hparam_view(choices, resolved), {**result.final, **report["metrics"], "steps": result.step})
@@ -250,7 +310,10 @@ def make_report(
     setup_s: float,
     n_params: dict[str, int],
     resume_changes: list[str] | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
+    world = world or World()
+    evaluation = [MetricResult(**r) for r in result.evaluation]
     session_steps = result.step - result.start_step
     # training time only: evaluation and pictures are not steps
     steps_per_s = session_steps / result.session_train_s if result.session_train_s > 0 and session_steps else float("nan")
@@ -261,7 +324,9 @@ def make_report(
             **{g: choices.get(g) for g in GROUPS},
             "steps": result.step,
             "start_step": result.start_step,
-            "batch_size": ts.batch_size,
+            "batch_size": ts.batch_size,  # per process
+            "world_size": world.size,
+            "global_batch_size": ts.batch_size * world.size,
             "batches_per_step": result.batches_per_step,
             "seed": ts.seed,
             "train_time_s": round(result.train_time_s, 3),
@@ -269,14 +334,14 @@ def make_report(
             "setup_time_s": round(setup_s, 3),
             "steps_per_s": steps_per_s,
             # every batch a step consumes: the discriminator's d_steps batches count too
-            "examples_per_s": steps_per_s * ts.batch_size * result.batches_per_step,
+            "examples_per_s": steps_per_s * ts.batch_size * world.size * result.batches_per_step,
             "parameters": n_params,
             "resumed_with_changes": list(resume_changes or []),
         },
         "device": {"type": device.type, "name": device_name(device), "precision": precision},
         "final": result.final,
-        "metrics": flat_values(result.evaluation),
-        "evaluation": [r.as_dict() for r in result.evaluation],
+        "metrics": flat_values(evaluation),
+        "evaluation": [r.as_dict() for r in evaluation],
         "evaluation_step": result.evaluation_step,
         "best": result.best,
         "logger_every": ls.every,
