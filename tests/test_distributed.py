@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -21,7 +22,7 @@ from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.engine.distributed import World
 from gentrain.engine.loader import BatchStream
 from gentrain.data.base import DataSplit
-from gentrain.tasks import train
+from gentrain.tasks import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,15 +92,23 @@ def _worker(rank: int, port: int, run_dir: str, out: str) -> None:
     report = train(make_config(overrides), run_dir=Path(run_dir), console=quiet_console())
     BatchStream.next = original
     # the objectives awkward under DDP: a double backward (the penalty), weight clipping after the step
+    # evaluation splits over ranks: sampled (mode coverage on points) and exact likelihoods (MADE)
+    evals = {}
     for objective in ("wasserstein_gp", "wasserstein"):
-        train(make_config(tiny_overrides("gan_mlp", "ring8", objective, steps=3)), run_dir=Path(f"{run_dir}_{objective}"), console=quiet_console())
+        out_report = train(
+            make_config(tiny_overrides("gan_mlp", "ring8", objective, steps=3, extra=["eval.metrics=[modes101]"])),
+            run_dir=Path(f"{run_dir}_{objective}"), console=quiet_console(),
+        )
+        evals[objective] = out_report["metrics"]
+    made = train(make_config(tiny_overrides("made", "digits", "ar_nll", steps=2, extra=["eval.metrics=[nll101]"])), run_dir=Path(f"{run_dir}_made"), console=quiet_console())
+    evals["made"] = made["metrics"]
     from gentrain.engine.distributed import current
 
     syncs = _host_reads_per_run(lambda steps: train(
         make_config(tiny_overrides("gan_mlp", "ring8", steps=steps, extra=[f"logger.every={steps}", f"logger.samples_every={steps}", "trainer.ckpt_every=0"])),
         run_dir=Path(f"{run_dir}_{steps}"), console=quiet_console(),
     ))
-    torch.save({"batches": seen, "report": report["run"], "world": current().size, "syncs": syncs, "weights": weights}, Path(out) / f"rank{rank}.pt")
+    torch.save({"batches": seen, "report": report["run"], "world": current().size, "syncs": syncs, "weights": weights, "evals": evals}, Path(out) / f"rank{rank}.pt")
     distributed.shutdown()
 
 
@@ -118,8 +127,13 @@ def test_two_processes_train_one_run_on_disjoint_batches_to_equal_weights(tmp_pa
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
     assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])  # each rank its own noise
     assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [3, 6]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run", "run_16", "run_4", "run_wasserstein", "run_wasserstein_gp"]
-    assert len(r0["weights"]) == 5  # non-saturating, WGAN-GP, WGAN and the two sync-count runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run", "run_16", "run_4", "run_made", "run_wasserstein", "run_wasserstein_gp"]
+    assert len(r0["weights"]) == 6  # non-saturating, WGAN-GP, WGAN, MADE and the two sync-count runs
+    # every rank computed the metrics on the gathered features, so they agree; 101 split 51 + 50
+    assert r0["evals"] == r1["evals"] and r0["evals"]["wasserstein"]["modes101_fair"] >= 0
+    # exact likelihoods of the gathered examples: the one-process evaluation of the same weights gives the same number
+    single = evaluate(make_config(["task=eval", f"ckpt={tmp_path / 'run_made'}", "device=cpu", "eval.metrics=[nll101]"]), quiet_console())
+    assert single["metrics"]["nll101"] == pytest.approx(r0["evals"]["made"]["nll101"], rel=1e-6)
     for a, b in zip(r0["weights"], r1["weights"]):  # every rank ends with the same weights and buffers
         for key, value in a.items():
             assert torch.equal(value, b[key]), key
@@ -183,6 +197,15 @@ def test_torchrun_job_is_one_run_and_a_killed_run_resumes_exactly(tmp_path):
     base += ["logger.every=10", "trainer.ckpt_every=50", "logger.samples_every=1000"]
     full = torchrun([*base, f"hydra.run.dir={tmp_path / 'full'}"], tmp_path)
     killed = torchrun([*base, f"hydra.run.dir={tmp_path / 'killed'}"], tmp_path)
+    try:
+        _kill_and_resume(tmp_path, full, killed, steps)
+    finally:  # a failed check leaves no process behind
+        for process in (full, killed):
+            if process.poll() is None:
+                process.kill()
+
+
+def _kill_and_resume(tmp_path: Path, full: subprocess.Popen, killed: subprocess.Popen, steps: int) -> None:
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and killed.poll() is None:

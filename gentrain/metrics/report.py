@@ -71,7 +71,7 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
         "| quantity | value |",
         "| --- | --- |",
     ]
-    for key in ("status", "steps", "start_step", "batch_size", "batches_per_step", "train_time_s", "steps_per_s", "examples_per_s", "seed"):
+    for key in ("status", "steps", "start_step", "batch_size", "world_size", "global_batch_size", "batches_per_step", "train_time_s", "steps_per_s", "examples_per_s", "seed"):
         if key in run:
             lines.append(f"| {key} | {format_value(run[key])} |")
     if run.get("resumed_with_changes"):
