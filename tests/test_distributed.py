@@ -236,7 +236,9 @@ def _kill_and_resume(tmp_path: Path, full: subprocess.Popen, killed: subprocess.
 
 def test_a_slurm_job_of_several_tasks_is_a_world(monkeypatch):
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        # recorded first, so the teardown removes what from_env sets (a stray WORLD_SIZE would make later runs wait for ranks)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_PROCID", "0")
     assert distributed.from_env() == World()  # one task: one process
@@ -249,3 +251,8 @@ def test_a_slurm_job_of_several_tasks_is_a_world(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.from_env() == World(1, 2, 1)
+
+
+def test_no_world_is_left_in_the_environment():
+    """The test above leaves no torchrun variables behind (they would make every later run wait for its ranks)."""
+    assert not {"WORLD_SIZE", "RANK", "MASTER_PORT"} & set(os.environ)
