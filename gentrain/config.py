@@ -15,7 +15,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from gentrain.errors import GentrainError
 
-#: The app's config tree (``gentrain/configs`` links to the project's ``configs/``).
+#: The app's config tree, shipped inside the package (the project's top-level ``configs`` links here).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 

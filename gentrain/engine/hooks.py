@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from gentrain.engine.ema import EMA
-from gentrain.engine.loggers import format_logs
+from gentrain.engine.console import format_logs
 from gentrain.engine.rundir import RUN_LOG
 from gentrain.sampling import sampling_state
 from gentrain.shared import atomic_save

@@ -36,7 +36,8 @@ from gentrain.engine.hooks import (
     SELECTION_SPLIT, CheckpointHook, EMAHook, EvalHook, EvalSchedule, Hook, LogHook, SampleHook, ScheduleHook,
 )
 from gentrain.engine.loader import Stream
-from gentrain.engine.loggers import ConsoleProgress, JsonlWriter, TensorBoardLogger
+from gentrain.engine.console import ConsoleProgress
+from gentrain.engine.loggers import JsonlWriter, TensorBoardLogger
 from gentrain.engine.rundir import RUN_LOG
 from gentrain.engine.signals import HookAborted, StopRequest
 from gentrain.errors import GentrainError

@@ -26,7 +26,8 @@ from gentrain.engine import distributed
 from gentrain.engine.device import device_name, use_channels_last
 from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
-from gentrain.engine.loggers import flatten, summary_table
+from gentrain.engine.console import summary_table
+from gentrain.engine.loggers import flatten
 from gentrain.engine.rundir import RUN_LOG, RunDirectory
 from gentrain.engine.streaming import open_stream
 from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult, clip_norms
