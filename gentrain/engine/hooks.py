@@ -224,7 +224,7 @@ class SampleHook(Hook):
 class EvalSchedule:
     """When to evaluate on which splits, and which result key picks ``checkpoints/best.pt``.
 
-    Every ``every`` steps (and at the last step when ``every`` > 0) the protocols run against the
+    Every ``every`` steps (and at the last step when ``every`` > 0 or ``select_at_end``) the protocols run against the
     validation split and ``best.pt`` follows ``best_key``; at the end (``at_end``) they also run
     against ``final_split`` (the test split) for the report, on the same samples.
     """
@@ -235,9 +235,10 @@ class EvalSchedule:
     final_split: str
     best_key: str | None  # a key of the validation results; None: no in-training selection
     higher_is_better: bool
+    select_at_end: bool = False  # the last evaluation covers the validation split too (a sweep optimises a validation number)
 
     def splits(self, step: int, last: bool) -> list[str]:
-        periodic = bool(self.every) and (step % self.every == 0 or last)
+        periodic = (bool(self.every) and step % self.every == 0) or (last and (bool(self.every) or self.select_at_end))
         return [*([SELECTION_SPLIT] if periodic else []), *([self.final_split] if last and self.at_end else [])]
 
 

@@ -38,6 +38,7 @@ from gentrain.models.base import GenerativeModel
 from gentrain.objectives.base import Objective
 from gentrain.shared import describe_os_error
 from gentrain.tasks.common import best_key, make_evaluator, setup_device
+from gentrain.tasks.optimize import needs_validation, target
 from gentrain.tasks.resume import resume_config
 
 #: The groups a report names (model=dcgan dataset=digits objective=non_saturating).
@@ -112,6 +113,7 @@ def prepare(cfg: DictConfig) -> Setup:
     ts = typed(cfg.trainer, TrainerSettings, "trainer")
     ls = typed(cfg.logger, LoggerSettings, "logger")
     es = typed(cfg.eval, EvalSettings, "eval")
+    target(cfg)  # refuses a bad optimize= key before anything is built
     device, ds = setup_device(cfg)
     world = distributed.current()
     dataset = build(cfg.dataset, "dataset")
@@ -140,7 +142,13 @@ def prepare(cfg: DictConfig) -> Setup:
                     f"eval.every={es.every} evaluates during training on the validation split, and dataset {dataset.name} has none "
                     "(dataset.val_fraction=0); set dataset.val_fraction=0.1, or eval.every=0 to evaluate only at the end"
                 )
-        schedule = EvalSchedule(_records(evaluator), es.every, es.at_end, es.split, key if es.every else None, higher)
+        select_at_end = needs_validation(cfg)  # optimize= (or a sweep's default headline) reads a validation number
+        if select_at_end and not dataset.has_split(SELECTION_SPLIT):
+            raise GentrainError(
+                f"the run's optimisation target is a validation-split number and dataset {dataset.name} has no validation split; "
+                "set dataset.val_fraction=0.1, or optimize=train/<phase>/loss"
+            )
+        schedule = EvalSchedule(_records(evaluator), es.every, es.at_end, es.split, key if es.every else None, higher, select_at_end)
     return Setup(ts, ls, es, ds, device, dataset, model, objective, optimizers, schedulers, schedule, world)
 
 
