@@ -58,16 +58,34 @@ class TrainerSettings:
 
 
 @dataclass
+class MlflowSettings:
+    tracking_uri: Optional[str] = None  # null: file:<run>/mlruns; or http://host:5000, file:/path
+    experiment: str = "gentrain"
+
+
+@dataclass
+class WandbSettings:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "gentrain"
+    entity: Optional[str] = None
+
+
+@dataclass
 class LoggerSettings:
-    every: int = 50  # steps between TensorBoard/metrics.jsonl/console lines
+    """``logger=<backend>`` or ``logger=[a,b]``: each option's file turns its backend on (absent: off)."""
+
+    every: int = 50  # steps between logged scalars (every backend), metrics.jsonl lines and console lines
     samples_every: int = 500  # steps between sample pictures
     n_samples: int = 64  # images in a sample grid
     n_points: int = 2048  # points in a 2-D scatter plot
     interpolations: bool = True  # latent interpolation grids (linear and spherical) with the samples, for image models
     interp_rows: int = 8
     interp_steps: int = 10
-    tensorboard: bool = True
     progress: bool = True  # rich progress bar on a terminal (plain lines elsewhere)
+    tensorboard: bool = False  # logger=tensorboard (the default option) sets it; false: no TensorBoard
+    csv: bool = False  # logger=csv: <run>/metrics.csv and params.csv
+    mlflow: Optional[MlflowSettings] = None  # logger=mlflow
+    wandb: Optional[WandbSettings] = None  # logger=wandb
 
     at_least_one: ClassVar[frozenset[str]] = frozenset({"every", "samples_every", "n_samples", "n_points", "interp_rows", "interp_steps"})
 

@@ -57,7 +57,7 @@ def test_a_run_writes_every_output(tmp_path):
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     for name in (".hydra/config.yaml", "checkpoints/last.pt", "samples/step_000002.png", "metrics.jsonl", "report.json", "report.md"):
         assert (run_dir / name).is_file(), name
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(run_dir.glob("events.out.tfevents.*"))
 
 
 def test_multirun_sweeps_from_the_shell(tmp_path):
@@ -178,7 +178,7 @@ def test_two_runs_started_in_the_same_second_get_a_directory_each(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
     assert sum("this run writes to" in o[0] for o in outs) == 1
     for run_dir in (tmp_path / "run", tmp_path / "run_1"):
-        assert len(list((run_dir / "tensorboard").iterdir())) == 1
+        assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
         assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [2, 3]
 
 

@@ -39,7 +39,7 @@ TINY_OF = {"wgan": TINY["dcgan"], "wgan_gp": TINY["dcgan"]}
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 #: Options that cannot run on every machine, with the reason.
 NEEDS = {("device", "cuda"): ("CUDA", torch.cuda.is_available())}
-EXTRA_GROUPS = {"device": ["cpu", "auto", "cuda"], "eval": ["default", "standard"], "logger": ["default"], "trainer": ["default"]}
+EXTRA_GROUPS = {"device": ["cpu", "auto", "cuda"], "eval": ["default", "standard"], "logger": ["base", "csv", "mlflow", "tensorboard", "wandb"], "trainer": ["default"]}
 
 
 def options(group: str) -> list[str]:

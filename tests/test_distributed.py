@@ -229,7 +229,7 @@ def _kill_and_resume(tmp_path: Path, full: subprocess.Popen, killed: subprocess.
     for run in ("full", "killed"):
         logged = [json.loads(line)["step"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         assert logged == list(range(10, steps + 1, 10)), (run, logged)  # one line per interval: no rank wrote twice
-        assert len(list((tmp_path / run / "tensorboard").glob("events.*"))) == (1 if run == "full" else 2)  # one per session
+        assert len(list((tmp_path / run).glob("events.out.tfevents.*"))) == (1 if run == "full" else 2)  # one per session
         assert json.loads((tmp_path / run / "report.json").read_text())["run"]["world_size"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "killed"]  # no directory of a second rank
 

@@ -21,7 +21,7 @@ DATASETS = ["ring8", "grid25", "swissroll", "moons", "digits"]
 
 
 def read_events(run_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
     return acc
 
@@ -59,7 +59,7 @@ def test_tensorboard_holds_losses_d_outputs_grad_norms_lr_speed_samples_config_h
     assert [e.step for e in acc.Images("samples")] == [2, 4]
     assert "config/text_summary" in tags["tensors"]
     assert set(acc.PluginTagToContent("hparams")) >= {"_hparams_/experiment", "_hparams_/session_start_info"}
-    assert acc.Scalars("hparam/train/G/loss")[0].value == pytest.approx(report["final"]["train/G/loss"], rel=1e-6)
+    assert not [t for t in tags["scalars"] if t.startswith("hparam/")]  # the HPARAMS metrics are the run's own series
 
 
 def test_report_markdown_is_readable_on_its_own(train_run):

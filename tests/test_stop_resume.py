@@ -224,7 +224,7 @@ def test_a_new_run_never_writes_into_another_runs_directory(tmp_path):
     run(tiny_overrides("gan_mlp", "moons", steps=2), tmp_path / "run", console)
     assert "this run writes to" in console.file.getvalue()
     assert [r["step"] for r in records(tmp_path / "run")] == [2] and [r["step"] for r in records(tmp_path / "run_1")] == [2]
-    assert len(list((tmp_path / "run" / "tensorboard").iterdir())) == 1
+    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1
 
 
 def test_the_run_log_is_written_and_stale_temporaries_are_removed(tmp_path):

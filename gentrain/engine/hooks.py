@@ -7,7 +7,7 @@ in order:
 ============  =========================================================================
 schedule      learning rates of the coming step (torch schedulers, linear warm-up)
 ema           the weight average follows the live weights
-log           interval means (one host sync) to TensorBoard, metrics.jsonl, terminal
+log           interval means (one host sync) to the loggers, metrics.jsonl, terminal
 samples       sample grids, interpolations and the model's own pictures (``deferrable``)
 evaluate      metrics on the validation split, ``best.pt``; the test split at the end (``deferrable``)
 checkpoint    ``checkpoints/last.pt``
@@ -122,7 +122,7 @@ class EMAHook(Hook):
 
 
 class LogHook(Hook):
-    """Every ``logger.every`` steps: the interval's means to TensorBoard, metrics.jsonl, gentrain.log and the terminal."""
+    """Every ``logger.every`` steps: the interval's means to the logger backends, metrics.jsonl, gentrain.log and the terminal."""
 
     name = "log"
 
@@ -150,8 +150,7 @@ class LogHook(Hook):
         loop.final = values
         if not loop.world.main:
             return
-        if loop.tb is not None:
-            loop.tb.scalars(values, loop.step)
+        loop.loggers.scalars(values, loop.step)
         loop.jsonl.write({"kind": "train", "step": loop.step, "time_s": round(loop.train_time_s, 3), **values})
         RUN_LOG.info("step %d/%d  %.1f steps/s  %s", loop.step, loop.settings.max_steps, steps_per_s, format_logs(values))
         loop.progress.logged(loop.step, values, steps_per_s)
@@ -196,14 +195,13 @@ class SampleHook(Hook):
         path = loop.run_dir / "samples" / f"step_{loop.step:06d}.png"
         save_png(picture, path)
         self.path = path
-        if loop.tb is not None:
-            loop.tb.image("samples", picture, loop.step)
+        loop.loggers.image("samples", picture, loop.step, path)
         named = {f"interp_{kind}": (grid, ls.interp_steps) for kind, grid in interpolations.items()} | extra
         for name, (images, rows) in named.items():
             image = image_grid(images.float(), rows, min_side=256 if images.shape[0] == 1 else 32)
-            save_png(image, loop.run_dir / "samples" / f"{name}_step_{loop.step:06d}.png")
-            if loop.tb is not None:
-                loop.tb.image(f"pictures/{name}", image, loop.step)
+            image_path = loop.run_dir / "samples" / f"{name}_step_{loop.step:06d}.png"
+            save_png(image, image_path)
+            loop.loggers.image(f"pictures/{name}", image, loop.step, image_path)
 
     def _interpolations(self, loop: Trainer) -> dict[str, Tensor]:
         """Linear and spherical latent interpolation grids (images only: a path of 2-D points is no picture)."""
@@ -273,8 +271,7 @@ class EvalHook(Hook):
             self.best = {"key": ev.best_key, "value": value, "step": loop.step, "split": SELECTION_SPLIT}
         if not loop.world.main:
             return
-        if loop.tb is not None:
-            loop.tb.scalars({f"eval/{k}": v for k, v in values.items()}, loop.step)
+        loop.loggers.scalars({f"eval/{k}": v for k, v in values.items()}, loop.step)
         loop.jsonl.write({"kind": "eval", "step": loop.step, "splits": splits, "eval_time_s": round(elapsed, 3), **values, "results": records})
         shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
         loop.console.print(f"eval at step {loop.step} ({', '.join(splits)}; {elapsed:.1f} s): {shown}", highlight=False)

@@ -1,15 +1,46 @@
-"""Where a run's numbers go: TensorBoard and ``metrics.jsonl`` (the terminal: :mod:`gentrain.engine.console`)."""
+"""Where a run's numbers go: the chosen logging backends and ``metrics.jsonl`` (the terminal: :mod:`gentrain.engine.console`).
+
+``logger=tensorboard`` (the default), ``csv``, ``mlflow``, ``wandb``, or several: ``logger=[tensorboard,mlflow]``.
+Every backend implements the small :class:`Logger` protocol and receives the same records:
+
+- scalars ``train/<phase>/<name>``, ``train/lr/<phase>``, ``train/steps_per_s``, ``train/epoch`` every
+  ``logger.every`` steps and ``eval/<key>`` at evaluations, each with its step;
+- the run's parameters (the group choices and the flattened model, objective, trainer and dataset settings);
+- the sample pictures (the PNG files of ``samples/``) with their step, and the config as text.
+
+:class:`Loggers` fans out to the chosen backends (rank 0 only); a backend that fails during the run
+is reported in one line and turned off, the run goes on. MLflow and W&B are imported only when chosen;
+:func:`check_backends` refuses a missing one before the run writes anything. ``metrics.jsonl`` is the
+run's own record, written whatever the backends.
+"""
 
 from __future__ import annotations
 
+import atexit
+import csv
+import hashlib
+import importlib
 import json
-import math
+import os
+import re
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
+from urllib.parse import urlparse
 
 import numpy as np
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+
+from gentrain.config import LoggerSettings
+from gentrain.errors import GentrainError, check_choice
+
+#: The backends, in the order they are opened.
+BACKENDS = ("tensorboard", "csv", "mlflow", "wandb")
+#: Backend -> (module, what it is, the install command).
+_PACKAGES = {"mlflow": ("mlflow", "MLflow", "pip install mlflow-skinny"), "wandb": ("wandb", "Weights & Biases", "pip install wandb")}
+#: ``logger.wandb.mode`` values (wandb.init's modes).
+WANDB_MODES = ("offline", "online", "disabled")
+#: Run statuses ``finish`` takes (MLflow's names).
+STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -24,39 +55,384 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class Logger(Protocol):
+    """One logging backend. Every method may be called many times; ``finish`` last, once."""
+
+    def scalars(self, values: dict[str, float], step: int) -> None: ...
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
+        """``image_hwc``: uint8 H x W x 3; ``path``: the PNG file of it in the run directory, when saved."""
+
+    def params(self, params: dict[str, Any]) -> None: ...
+
+    def text(self, tag: str, text: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def finish(self, status: str) -> None:
+        """``status``: FINISHED, FAILED (training raised) or KILLED (stopped by a signal; a resume may continue it)."""
+
+
+def chosen(ls: LoggerSettings) -> list[str]:
+    """The backends ``ls`` turns on, in :data:`BACKENDS` order."""
+    on = {"tensorboard": ls.tensorboard, "csv": ls.csv, "mlflow": ls.mlflow is not None, "wandb": ls.wandb is not None}
+    return [name for name in BACKENDS if on[name]]
+
+
+def check_backends(ls: LoggerSettings) -> None:
+    """Refuse, in one line, a chosen backend whose package is missing or a bad backend setting (writes nothing)."""
+    for name in chosen(ls):
+        if name in _PACKAGES:
+            module, what, fix = _PACKAGES[name]
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise GentrainError(
+                    f"logger={name} needs {what}, which is not installed ({e}); {fix} (or pip install gentrain[loggers]), "
+                    f"or choose other loggers, e.g. logger=tensorboard"
+                ) from None
+    if ls.wandb is not None:
+        check_choice(ls.wandb.mode, WANDB_MODES, "logger.wandb.mode", "offline")
+
+
+def open_loggers(ls: LoggerSettings, run_dir: Path, start_step: int = 0, say: Callable[[str], None] | None = None) -> Loggers:
+    """Start the chosen backends for the run in ``run_dir`` (``start_step`` > 0: a resume of it)."""
+    opened: dict[str, Logger] = {}
+    for name in chosen(ls):
+        try:
+            if name == "tensorboard":
+                # on resume, drop events a crashed session wrote after the checkpoint's step
+                opened[name] = TensorBoardLogger(run_dir, purge_step=start_step + 1 if start_step else None)
+            elif name == "csv":
+                opened[name] = CsvLogger(run_dir, start_step)
+            elif name == "mlflow":
+                opened[name] = MlflowLogger(run_dir, ls.mlflow.tracking_uri, ls.mlflow.experiment)
+            elif name == "wandb":
+                opened[name] = WandbLogger(run_dir, ls.wandb.mode, ls.wandb.project, ls.wandb.entity)
+        except Exception as e:
+            Loggers(opened, say).finish("FAILED")
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise GentrainError(f"logger={name} could not start: {first}; fix its settings (logger.{name}.*) or leave it out of logger=[...]") from None
+    loggers = Loggers(opened, say)
+    if loggers:  # a process that ends before the run finishes them (a failed report write) ends them FAILED
+        atexit.register(loggers.finish, "FAILED")
+    return loggers
+
+
+class Loggers:
+    """The chosen backends as one: each call goes to every backend; a failing backend is reported once and turned off."""
+
+    def __init__(self, backends: dict[str, Logger] | None = None, say: Callable[[str], None] | None = None) -> None:
+        self.backends: dict[str, Logger] = dict(backends or {})
+        self.names = list(self.backends)
+        self.where = [str(getattr(b, "where", n)) for n, b in self.backends.items()]  # what each writes, for the run's last line
+        self.say = say
+
+    def __bool__(self) -> bool:
+        return bool(self.backends)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for name, backend in list(self.backends.items()):
+            try:
+                getattr(backend, method)(*args)
+            except Exception as e:
+                self.backends.pop(name, None)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                if self.say is not None:
+                    self.say(f"logger {name} failed ({type(e).__name__}: {first}); it is off for the rest of this run")
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self._each("scalars", values, step)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
+        self._each("image", tag, image_hwc, step, path)
+
+    def params(self, params: dict[str, Any]) -> None:
+        self._each("params", params)
+
+    def text(self, tag: str, text: str) -> None:
+        self._each("text", tag, text)
+
+    def flush(self) -> None:
+        self._each("flush")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End every backend's run with ``status``; later calls do nothing."""
+        self._each("finish", check_choice(status, STATUSES, "status", "FINISHED"))
+        self.backends.clear()
+        atexit.unregister(self.finish)
+
+    def describe(self) -> list[str]:
+        """What each chosen backend writes (``tensorboard --logdir``, ``metrics.csv`` ...), for the run's last line."""
+        return list(self.where)
+
+
 class TensorBoardLogger:
-    """Scalars ``train/<phase>/<name>``, images, the config as text, and hparams with the final metrics."""
+    """Event files directly in the run directory, so ``tensorboard --logdir outputs`` names each run by its directory.
+
+    Scalars and images as logged; the config as text; at a finished run's end the HPARAMS tab's record: the
+    parameters, with the run's own scalar series (``eval/*``, ``train/<phase>/*``) as its metrics, so no extra cards.
+    """
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
         # purge_step: on resume, TensorBoard drops events a crashed run wrote past the checkpoint
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self.where = "TensorBoard events (tensorboard --logdir <run or its parent>)"
+        self.tags: dict[str, None] = {}  # the scalar series written, in order
+        self.hparams: dict[str, Any] = {}
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+            self.writer.add_scalar(tag, float(value), step)
+            self.tags[tag] = None
 
-    def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+    def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
         self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
 
-    def text(self, tag: str, text: str, step: int = 0) -> None:
-        self.writer.add_text(tag, text, step)
+    def params(self, params: dict[str, Any]) -> None:
+        self.hparams.update(params)
 
-    def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
-        """Written into this run's own event file (not a sub-run), so the HPARAMS tab pairs them with the run."""
-        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
-        metrics = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        exp, ssi, sei = hparams(clean, metrics)
-        fw = self.writer._get_file_writer()
-        for summary in (exp, ssi, sei):
-            fw.add_summary(summary)
-        for k, v in metrics.items():
-            self.writer.add_scalar(k, v)
+    def text(self, tag: str, text: str) -> None:
+        self.writer.add_text(tag, text, 0)
 
     def flush(self) -> None:
         self.writer.flush()
 
-    def close(self) -> None:
+    def finish(self, status: str) -> None:
+        if status == "FINISHED" and self.hparams:
+            self._write_hparams()
         self.writer.close()
+
+    def _write_hparams(self) -> None:
+        """Into this run's own event file (not a sub-run), so the HPARAMS tab pairs them with the run's scalars."""
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.hparams.items()}
+        skip = ("train/lr/", "train/steps_per_s", "train/epoch")
+        metrics = {tag: 0.0 for tag in self.tags if tag.startswith(("train/", "eval/")) and not tag.startswith(skip)}
+        fw = self.writer._get_file_writer()
+        for summary in hparams(clean, metrics):
+            fw.add_summary(summary)
+
+
+class CsvLogger:
+    """``metrics.csv`` in long format (``step,key,value``: one row per scalar, appended and flushed at once, so keys may
+    come and go) and ``params.csv`` (``key,value``). Pictures are the PNG files of ``samples/`` already.
+
+    Read it wide with pandas: ``pd.read_csv("metrics.csv").pivot_table(index="step", columns="key", values="value")``.
+    """
+
+    HEADER = ("step", "key", "value")
+
+    def __init__(self, run_dir: Path, start_step: int = 0) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.params_path = run_dir / "params.csv"
+        if start_step and self.path.is_file():
+            self._trim(start_step)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        self.file = open(self.path, "a", newline="")
+        self.where = "metrics.csv, params.csv"
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(self.HEADER)
+            self.file.flush()
+
+    def _trim(self, step: int) -> None:
+        """On resume: drop the rows a crashed session wrote after the checkpoint's step."""
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [r for r in rows[1:] if len(r) == 3 and _int(r[0]) is not None and _int(r[0]) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([list(self.HEADER), *kept])
+        os.replace(tmp, self.path)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.writer.writerows((step, k, float(v)) for k, v in values.items())
+        self.file.flush()
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
+        pass  # the picture is samples/<name>.png
+
+    def params(self, params: dict[str, Any]) -> None:
+        tmp = self.params_path.with_name(self.params_path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(("key", "value"))
+            w.writerows((k, _text(v)) for k, v in params.items())
+        os.replace(tmp, self.params_path)
+
+    def text(self, tag: str, text: str) -> None:
+        pass  # the config is .hydra/config.yaml and params.csv
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def finish(self, status: str) -> None:
+        self.file.close()
+
+
+class MlflowLogger:
+    """An MLflow run named after the run directory: params (batched, truncated to MLflow's limits), metrics with
+    their steps, the PNGs as artifacts under ``samples/``; its id in ``<run>/mlflow_run_id`` so a resume continues it.
+
+    ``tracking_uri`` null: a file store in the run directory (``file:<run>/mlruns``; MLflow 3 wants
+    ``MLFLOW_ALLOW_FILE_STORE=true`` for file stores, which this sets unless it is set); a plain path is a file store there.
+    """
+
+    ID_FILE = "mlflow_run_id"
+
+    def __init__(self, run_dir: Path, tracking_uri: str | None, experiment: str) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+        from mlflow.utils import validation
+
+        self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
+        self.max_key = getattr(validation, "MAX_ENTITY_KEY_LENGTH", 250)
+        self.max_value = getattr(validation, "MAX_PARAM_VAL_LENGTH", 6000)
+        self.max_params = getattr(validation, "MAX_PARAMS_TAGS_PER_BATCH", 100)
+        self.max_metrics = getattr(validation, "MAX_METRICS_PER_BATCH", 1000)
+        uri = tracking_uri or (run_dir / "mlruns").absolute().as_uri()
+        if not urlparse(uri).scheme:
+            uri = Path(uri).expanduser().absolute().as_uri()
+        if urlparse(uri).scheme == "file":
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.uri = uri
+        self.where = "mlruns/ (MLflow)" if tracking_uri is None else f"MLflow {uri}"
+        self.client = client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                experiment_id = client.create_experiment(experiment)
+            except MlflowException:  # another run created it meanwhile
+                experiment_id = client.get_experiment_by_name(experiment).experiment_id
+        else:
+            experiment_id = found.experiment_id
+        id_file = run_dir / self.ID_FILE
+        self.run_id = self._resume(id_file.read_text().strip()) if id_file.is_file() else None
+        if self.run_id is None:
+            run = client.create_run(experiment_id, run_name=run_dir.name, tags={"gentrain.run_dir": str(run_dir.absolute())})
+            self.run_id = run.info.run_id
+            id_file.write_text(self.run_id + "\n")
+
+    def _resume(self, run_id: str) -> str | None:
+        """Continue the stored run when this tracking store has it."""
+        try:
+            self.client.get_run(run_id)
+        except Exception:
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def _key(self, key: str) -> str:
+        key = re.sub(r"[^/\w.\- ]", "_", str(key))
+        # MLflow may store a key as a file path: no empty, "." or ".." parts
+        key = "/".join(part if part not in ("", ".", "..") else "_" for part in key.split("/"))
+        if len(key) > self.max_key:  # keep it unique: a digest of the whole key
+            key = key[: self.max_key - 9] + "~" + hashlib.sha1(key.encode()).hexdigest()[:8]
+        return key
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        ms = int(time.time() * 1000)
+        metrics = [self._Metric(self._key(k), float(v), ms, int(step)) for k, v in values.items()]
+        for i in range(0, len(metrics), self.max_metrics):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + self.max_metrics], synchronous=True)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
+        if path is not None:
+            self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
+        else:
+            self.client.log_image(self.run_id, image_hwc, artifact_file=f"{self._key(tag)}/step_{step:06d}.png")
+
+    def params(self, params: dict[str, Any]) -> None:
+        """New keys as params; on resume, a value that changed (MLflow params are immutable) as the tag ``resumed.<key>``."""
+        values = {self._key(k): _text(v)[: self.max_value] for k, v in params.items()}
+        logged = self.client.get_run(self.run_id).data.params
+        new = [self._Param(k, v) for k, v in values.items() if k not in logged]
+        changed = [self._RunTag(self._key(f"resumed.{k}"), v) for k, v in values.items() if k in logged and logged[k] != v]
+        for i in range(0, len(new), self.max_params):
+            self.client.log_batch(self.run_id, params=new[i : i + self.max_params], synchronous=True)
+        for i in range(0, len(changed), self.max_params):
+            self.client.log_batch(self.run_id, tags=changed[i : i + self.max_params], synchronous=True)
+
+    def text(self, tag: str, text: str) -> None:
+        self.client.log_text(self.run_id, text, f"{self._key(tag)}.md")
+
+    def flush(self) -> None:
+        pass  # every call is written when it returns
+
+    def finish(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+class WandbLogger:
+    """A W&B run in ``<run>/wandb/`` named after the run directory; offline by default (no network, no login: upload
+    later with ``wandb sync <run>/wandb/offline-run-*``); its id in ``<run>/wandb_run_id`` so a resume continues it.
+    """
+
+    ID_FILE = "wandb_run_id"
+
+    def __init__(self, run_dir: Path, mode: str, project: str, entity: str | None) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.where = f"wandb/ ({mode}{'; upload with: wandb sync ' + str(run_dir / 'wandb') if mode == 'offline' else ''})"
+        id_file = run_dir / self.ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        quiet = {
+            "silent": True,  # gentrain prints its own lines
+            "console": "off",  # no capture of the terminal (gentrain.log has the run's log)
+            "disable_git": True,
+            "save_code": False,
+            "x_save_requirements": False,
+            "disable_job_creation": True,
+        }
+        known = getattr(wandb.Settings, "model_fields", None)  # the settings this wandb version has
+        settings = wandb.Settings(**{k: v for k, v in quiet.items() if known is None or k in known})
+        self.run = wandb.init(
+            mode=mode, dir=str(run_dir), project=project, entity=entity, name=run_dir.name, id=run_id,
+            resume="allow" if run_id else None, notes=f"gentrain run directory: {run_dir.absolute()}", settings=settings,
+        )
+        if run_id is None and mode != "disabled" and getattr(self.run, "id", None):
+            id_file.write_text(self.run.id + "\n")
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.run.log({k: float(v) for k, v in values.items()}, step=step)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
+        self.run.log({tag: self.wandb.Image(image_hwc)}, step=step)
+
+    def params(self, params: dict[str, Any]) -> None:
+        self.run.config.update({k: (v if isinstance(v, (int, float, str, bool)) else _text(v)) for k, v in params.items()}, allow_val_change=True)
+
+    def text(self, tag: str, text: str) -> None:
+        pass  # the config is the run's W&B config (params)
+
+    def flush(self) -> None:
+        pass  # wandb writes in its own service process
+
+    def finish(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+def _text(value: Any) -> str:
+    """A parameter value as text: strings as they are, everything else as JSON (true, null, [1, 2])."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 class JsonlWriter:

@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_NAME = ".gentrain.lock"
 LOG_NAME = "gentrain.log"
 #: What a directory holds once a run has written to it; a new run never writes into such a directory.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "report.json", ".hydra")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.csv", "mlruns", "wandb", "report.json", ".hydra")
 #: The logger of a run's events (start, log intervals, evaluations, checkpoints, stops): written to gentrain.log.
 RUN_LOG = logging.getLogger("gentrain.run")
 RUN_LOG.propagate = False  # the terminal shows these through rich already

@@ -37,7 +37,7 @@ from gentrain.engine.hooks import (
 )
 from gentrain.engine.loader import Stream
 from gentrain.engine.console import ConsoleProgress
-from gentrain.engine.loggers import JsonlWriter, TensorBoardLogger
+from gentrain.engine.loggers import JsonlWriter, Loggers, flatten, open_loggers
 from gentrain.engine.rundir import RUN_LOG
 from gentrain.engine.signals import HookAborted, StopRequest
 from gentrain.errors import GentrainError
@@ -168,7 +168,8 @@ class Trainer:
         self.train_time_s = 0.0
         self.acc = LogAccumulator()
         self.final: dict[str, float] = {}
-        self.tb: TensorBoardLogger | None = None
+        self.loggers = Loggers()  # the chosen backends, opened by fit() on rank 0 (the other ranks log nothing)
+        self.log_params: dict[str, Any] | None = None  # the run's parameters for the backends; None: the flattened config
         self.choices = choices or {}  # the config-group options of the run (model=dcgan ...), for tasks that reload it
         self.ema = EMA(model, trainer.ema_decay, trainer.ema_warmup) if trainer.ema_decay is not None else None
         self.sample_with_ema = sample_with_ema
@@ -287,13 +288,15 @@ class Trainer:
         main = self.world.main
         if main:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-            # on resume, drop events a crashed session wrote after the checkpoint's step
-            self.tb = TensorBoardLogger(self.run_dir / "tensorboard", purge_step=start_step + 1 if start_step else None) if ls.tensorboard else None
+            # on resume (start_step > 0) each backend continues the run and drops what a crashed session logged past it where it can
+            self.loggers = open_loggers(ls, self.run_dir, start_step, self._say)
             self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
-            if self.tb is not None and start_step == 0:
+            params = self.log_params if self.log_params is not None else {k: v for k, v in flatten(self.config).items() if v is not None}
+            self.loggers.params(params)
+            if start_step == 0:
                 from omegaconf import OmegaConf
 
-                self.tb.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
+                self.loggers.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
         self.progress = ConsoleProgress(self.console, s.max_steps, start_step, ls.progress and main)
         session_start = time.perf_counter()
         train_time_before = self.train_time_s
@@ -324,13 +327,15 @@ class Trainer:
                         f"stopped by {name} at step {self.step}; checkpoint saved to {path}; continue with: gentrain trainer.resume={self.run_dir}",
                         signum,
                     )
+        except BaseException as e:  # the backends' runs end FAILED (KILLED when stopped); a finished run ends in the task
+            self.loggers.finish("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
+            raise
         finally:
             self.progress.close()
             for params in self.switchable.values():
                 for p in params:
                     p.requires_grad_(True)
-            if self.tb is not None:
-                self.tb.flush()
+            self.loggers.flush()
         session = time.perf_counter() - session_start
         ev = self.evaluation
         return TrainResult(

@@ -27,7 +27,7 @@ from gentrain.engine.device import device_name, use_channels_last
 from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
 from gentrain.engine.console import summary_table
-from gentrain.engine.loggers import flatten
+from gentrain.engine.loggers import check_backends, flatten
 from gentrain.engine.rundir import RUN_LOG, RunDirectory
 from gentrain.engine.streaming import open_stream
 from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult, clip_norms
@@ -112,8 +112,8 @@ def prepare(cfg: DictConfig) -> Setup:
     resolve_config(cfg)
     ts = typed(cfg.trainer, TrainerSettings, "trainer")
     ls = typed(cfg.logger, LoggerSettings, "logger")
+    check_backends(ls)  # a chosen logger backend that is not installed (logger=mlflow without mlflow) is refused here
     es = typed(cfg.eval, EvalSettings, "eval")
-    target(cfg)  # refuses a bad optimize= key before anything is built
     device, ds = setup_device(cfg)
     world = distributed.current()
     dataset = build(cfg.dataset, "dataset")
@@ -149,6 +149,7 @@ def prepare(cfg: DictConfig) -> Setup:
                 "set dataset.val_fraction=0.1, or optimize=train/<phase>/loss"
             )
         schedule = EvalSchedule(_records(evaluator), es.every, es.at_end, es.split, key if es.every else None, higher, select_at_end)
+    target(cfg)  # refuses a bad optimize= key (after eval.best's own check, whose message names the key at fault)
     return Setup(ts, ls, es, ds, device, dataset, model, objective, optimizers, schedulers, schedule, world)
 
 
@@ -264,6 +265,7 @@ def _train(
         s.model, s.objective, s.optimizers, stream, s.device, s.ds.precision, run_dir, s.ts, s.ls, resolved, console, s.schedule, choices,
         s.es.use_ema, s.schedulers, s.world,
     )
+    trainer.log_params = hparam_view(choices, resolved)  # the parameters every logger backend records
     changes: list[str] = []
     if ckpt is not None:
         changes = trainer.load_state_dict(ckpt, str(source))
@@ -285,15 +287,13 @@ def _train(
     if not s.world.main:
         return report
     write_reports(run_dir, report)
-    if trainer.tb is not None:
-        trainer.tb.hparams(hparam_view(choices, resolved), {**result.final, **report["metrics"], "steps": result.step})
-        trainer.tb.close()
+    trainer.loggers.finish("FINISHED")  # TensorBoard's HPARAMS record pairs the parameters with the run's scalar series
     losses = {k.removeprefix("train/"): v for k, v in result.final.items() if not k.startswith(("train/lr/", "train/steps_per_s"))}
     rows = {"steps": result.step, "steps/s (this session)": report["run"]["steps_per_s"], "wall time (s)": report["run"]["session_time_s"]}
     console.print(summary_table(f"gentrain: {choices.get('model')} on {choices.get('dataset')}", {**rows, **losses}))
     if result.evaluation:
         console.print(evaluation_table(report["evaluation"]))
-    console.print(f"outputs in {run_dir} (report.md, tensorboard/, checkpoints/)", highlight=False)
+    console.print(f"outputs in {run_dir} ({', '.join(['report.md', 'checkpoints/', 'samples/', *trainer.loggers.describe()])})", highlight=False)
     RUN_LOG.info("completed at step %d; report: %s", result.step, run_dir / "report.md")
     return report
 

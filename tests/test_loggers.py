@@ -1,0 +1,225 @@
+"""Logger backends (logger=[tensorboard,csv,mlflow,wandb]): each records the same scalars at the same steps, the
+run's parameters and the sample pictures, read back with each library's own reader."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_config, quiet_console, tiny_overrides
+from gentrain.errors import GentrainError
+from gentrain.tasks import train
+
+mlflow = pytest.importorskip("mlflow")
+wandb = pytest.importorskip("wandb", minversion="0.31")  # its reader of offline runs: wandb leet inspect --json
+
+ALL = "logger=[tensorboard,csv,mlflow,wandb]"
+# gan_mlp on ring8: log at steps 2, 4, 6; pictures and evaluations (cheap mode counts) at 3 and 6
+RUN = tiny_overrides("gan_mlp", "ring8", steps=6) + ["logger.samples_every=3", "eval.metrics=[modes100]", "eval.every=3"]
+GENTRAIN = shutil.which("gentrain", path=str(Path(sys.executable).parent)) or shutil.which("gentrain")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("loggers") / "run"
+    train(make_config([*RUN, ALL]), run_dir=path, console=quiet_console())
+    return path
+
+
+def expected_scalars(run_dir: Path) -> dict[tuple[str, int], float]:
+    """(key, step) -> value from metrics.jsonl, the run's own record: train/* lines and eval/* at evaluations."""
+    out = {}
+    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        step = record["step"]
+        if record["kind"] == "train":
+            out |= {(k, step): v for k, v in record.items() if k.startswith("train/")}
+        else:
+            out |= {(f"eval/{k}", step): v for k, v in record.items() if k not in ("kind", "step", "splits", "eval_time_s", "results")}
+    return out
+
+
+def csv_params(run_dir: Path) -> dict[str, str]:
+    with open(run_dir / "params.csv", newline="") as f:
+        return {row["key"]: row["value"] for row in csv.DictReader(f)}
+
+
+def assert_same(scalars: dict[tuple[str, int], float], expected: dict[tuple[str, int], float], backend: str) -> None:
+    assert sorted(scalars) == sorted(expected), backend
+    for key, value in expected.items():
+        assert scalars[key] == pytest.approx(value, rel=1e-6, nan_ok=True), (backend, key)
+
+
+def test_every_backend_records_the_same_scalars_params_and_pictures(run_dir):
+    expected = expected_scalars(run_dir)
+    assert {s for _, s in expected} == {2, 3, 4, 6} and ("eval/modes100_fair", 3) in expected and ("train/G/loss", 6) in expected
+    params = csv_params(run_dir)
+    assert params["model"] == "gan_mlp" and params["trainer.max_steps"] == "6" and params["model.g_widths"] == "[16, 32]"
+    pictures = sorted(p.name for p in (run_dir / "samples").glob("*.png"))
+    assert pictures == ["step_000003.png", "step_000006.png"]
+
+    # CSV: long format step,key,value
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert_same({(r["key"], int(r["step"])): float(r["value"]) for r in rows}, expected, "csv")
+
+    # TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert_same({(t, e.step): e.value for t in tags["scalars"] for e in acc.Scalars(t)}, expected, "tensorboard")
+    assert [e.step for e in acc.Images("samples")] == [3, 6]
+    assert "config/text_summary" in tags["tensors"]
+
+    # MLflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    run = client.get_run((run_dir / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert client.get_experiment(run.info.experiment_id).name == "gentrain"
+    assert run.data.params == params
+    history = {(k, m.step): m.value for k in run.data.metrics for m in client.get_metric_history(run.info.run_id, k)}
+    assert_same(history, expected, "mlflow")
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples")) == [f"samples/{p}" for p in pictures]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.md", "samples"]
+
+    # W&B offline: its own reader of the run's transaction log (wandb leet inspect)
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    records = wandb_records(offline)
+    history = [(r["history"]["step"]["num"], r["history"]["item"]) for r in records if r["type"] == "history"]
+    logged = {(k, step): v for step, item in history for k, v in item.items() if not k.startswith("_") and "." not in k}
+    assert_same(logged, expected, "wandb")
+    assert [step for step, item in history if item.get("samples._type") == "image-file"] == [3, 6]
+    assert len(list((offline / "files" / "media" / "images").glob("samples_*.png"))) == 2
+    summary = wandb_records(offline, "--summary")
+    assert summary["state"] == "finished" and summary["exit_code"] == 0 and summary["name"] == "run" and summary["project"] == "gentrain"
+    assert summary["config"].keys() == params.keys()
+    for key, value in summary["config"].items():  # numbers as numbers (W&B's JSON writes 2.0 as 2)
+        assert value == (params[key] if isinstance(value, str) else json.loads(params[key])), key
+
+
+def wandb_records(offline: Path, *flags: str) -> list[dict] | dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", *flags, str(offline)], capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout) if flags else [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_tensorboard_names_each_run_by_its_directory_and_adds_no_hparam_cards(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    assert list(run_dir.glob("events.out.tfevents.*")) and not (run_dir / "tensorboard").exists()
+    assert list(EventMultiplexer().AddRunsFromDirectory(str(run_dir.parent)).Runs()) == ["run"]  # tensorboard --logdir <parent>
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert not [t for t in scalars if t.startswith("hparam")]
+    content = acc.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert metrics <= scalars and {"train/G/loss", "train/D/loss", "eval/modes100_fair"} <= metrics  # existing series only
+    assert session.hparams["model"].string_value == "gan_mlp" and session.hparams["trainer.max_steps"].number_value == 6
+
+
+def test_a_resume_continues_the_mlflow_and_wandb_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    base = tiny_overrides("gan_mlp", "ring8", steps=4) + ["logger=[csv,mlflow,wandb]", "logger.samples_every=4"]
+    train(make_config([*base, "trainer.max_steps=2"]), run_dir=run_dir, console=quiet_console())
+    train(make_config([*base, f"trainer.resume={run_dir}"]), run_dir=run_dir, console=quiet_console())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("gentrain").experiment_id])
+    assert run.info.run_id == (run_dir / "mlflow_run_id").read_text().strip() and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/G/loss")] == [2, 4]
+    assert run.data.params["trainer.max_steps"] == "2" and run.data.tags["resumed.trainer.max_steps"] == "4"  # params are immutable
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and len({p.name.rsplit("-", 1)[1] for p in offline}) == 1  # one W&B run id: wandb sync joins them
+    with open(run_dir / "metrics.csv", newline="") as f:
+        assert sorted({int(r["step"]) for r in csv.DictReader(f)}) == [2, 4]
+
+
+@pytest.mark.parametrize("backend,fix", [("mlflow", "pip install mlflow-skinny"), ("wandb", "pip install wandb")])
+def test_a_backend_that_is_not_installed_is_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch, backend, fix):
+    monkeypatch.setitem(sys.modules, backend, None)  # import fails as if not installed
+    with pytest.raises(GentrainError) as excinfo:
+        train(make_config([*RUN, f"logger=[tensorboard,{backend}]"]), run_dir=tmp_path / "run", console=quiet_console())
+    message = str(excinfo.value)
+    assert "\n" not in message and f"logger={backend}" in message and fix in message and "pip install gentrain[loggers]" in message
+    assert excinfo.value.exit_code == 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(GENTRAIN is None, reason="the gentrain console script is not installed (pip install -e .)")
+def test_the_cli_refuses_a_missing_or_unknown_backend_with_one_line(tmp_path):
+    fake = tmp_path / "fake" / "wandb"  # a wandb that cannot be imported
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'wandb'\", name='wandb')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "GENTRAIN_DATA": str(tmp_path / "data")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    for logger, fragment in (("[tensorboard,wandb]", "pip install wandb"), ("[tensorboard,nope]", "logger/nope")):
+        out = subprocess.run(
+            [GENTRAIN, f"logger={logger}", "model=gan_mlp", "dataset=ring8", "device=cpu", "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 2 and out.stderr.startswith("error:") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert fragment in out.stderr and "Traceback" not in out.stdout + out.stderr
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_backend_that_fails_during_the_run_is_reported_once_and_turned_off():
+    from gentrain.engine.loggers import Loggers
+
+    class Broken:
+        def scalars(self, values, step):
+            raise OSError("disk full")
+
+    class Kept:
+        seen: list = []
+
+        def scalars(self, values, step):
+            self.seen.append(step)
+
+        def finish(self, status):
+            self.seen.append(status)
+
+    said: list[str] = []
+    loggers = Loggers({"broken": Broken(), "kept": Kept()}, said.append)
+    loggers.scalars({"train/G/loss": 1.0}, 1)
+    loggers.scalars({"train/G/loss": 1.0}, 2)
+    loggers.finish("FINISHED")
+    loggers.finish("FAILED")  # a second finish does nothing
+    assert Kept.seen == [1, 2, "FINISHED"] and said == ["logger broken failed (OSError: disk full); it is off for the rest of this run"]
+
+
+@pytest.mark.parametrize("error,status", [("crash", "FAILED"), ("signal", "KILLED")])
+def test_a_run_that_raises_ends_its_tracker_runs_failed_or_killed(tmp_path, monkeypatch, error, status):
+    from mlflow.tracking import MlflowClient
+
+    from gentrain.engine.trainer import Interrupted, Trainer
+
+    def boom(self, last):
+        if self.step == 2:
+            raise RuntimeError("boom") if error == "crash" else Interrupted("stopped by SIGTERM", 15)
+
+    monkeypatch.setattr(Trainer, "_after_step", boom)
+    run_dir = tmp_path / "run"
+    with pytest.raises((RuntimeError, Interrupted)):
+        train(make_config([*RUN, "logger=[mlflow,wandb]"]), run_dir=run_dir, console=quiet_console())
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    assert client.get_run((run_dir / "mlflow_run_id").read_text().strip()).info.status == status
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    summary = wandb_records(offline, "--summary")
+    assert summary["exit_code"] == 1 and summary["state"] != "finished"
