@@ -192,6 +192,23 @@ def _stop_outside_training(signum: int, frame: Any) -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the shell ignores SIGINT (`gentrain ... &`)
     signal.signal(signal.SIGTERM, _stop_outside_training)
+    if "--version" in sys.argv[1:]:  # gentrain's version, not Hydra's
+        from gentrain.help import version_line
+
+        print(version_line())
+        sys.exit(0)
+    if _parse(sys.argv[1:]).help:  # every key of the config the overrides compose, with its meaning (--hydra-help: Hydra's)
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from gentrain.help import print_help
+
+        try:
+            print_help(list(_parse(sys.argv[1:]).overrides))
+        except (HydraException, OmegaConfBaseException) as e:
+            print(f"error: {_one_line(str(e))}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        sys.exit(0)
     try:
         argv = _resume_in_place(sys.argv[1:])
         sys.argv[1:] = argv

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -57,6 +58,11 @@ def _cell(v: Any) -> str:
     return "" if v is None else format_value(v)
 
 
+def _shown(v: Any) -> str:
+    """A terminal cell: the value as text, its brackets kept (rich would take ``[modes2500]`` for markup)."""
+    return escape(_cell(v))
+
+
 def summarize(cfg: DictConfig, console: Console | None = None) -> list[dict[str, Any]]:
     console = console or Console()
     root = Path(str(required(cfg, "dir", "gentrain task=summarize dir=multirun/<date>/<time>"))).expanduser()
@@ -83,19 +89,19 @@ def summarize(cfg: DictConfig, console: Console | None = None) -> list[dict[str,
     caption = [f"every run: {' '.join(common)}"] if common else []
     caption += [", ".join(f"{c}={v}" for c, v in same.items())] if same else []
     fields = [c for c in columns if c not in same]
-    title, caption_text = f"{root} ({len(rows)} runs)", "\n".join(caption) or None
+    title, caption_text = escape(f"{root} ({len(rows)} runs)"), escape("\n".join(caption)) or None
     table = Table(title=title, caption=caption_text, header_style="bold")
     for c in fields:
-        table.add_column(c, overflow="fold")
+        table.add_column(escape(c), overflow="fold")
     for row in shown_rows:
-        table.add_row(*(_cell(row.get(c)) for c in fields))
+        table.add_row(*(_shown(row.get(c)) for c in fields))
     if Measurement.get(console, console.options.update(max_width=10**4), table).maximum > console.width and len(rows) <= 8:
         table = Table(title=title, caption=caption_text, header_style="bold")
         table.add_column("run", style="bold")
         for row in shown_rows:
-            table.add_column(str(row["run"]), overflow="fold")
+            table.add_column(escape(str(row["run"])), overflow="fold")
         for c in fields[1:]:
-            table.add_row(c, *(_cell(row.get(c)) for row in shown_rows))
+            table.add_row(escape(c), *(_shown(row.get(c)) for row in shown_rows))
     console.print(table)
-    console.print(f"written: {root / 'summary.md'}, {root / 'summary.csv'}", highlight=False)
+    console.print(f"written: {root / 'summary.md'}, {root / 'summary.csv'}", highlight=False, markup=False)
     return rows
