@@ -4,6 +4,11 @@ Memory stays flat in the number of images: images pass through in batches as uin
 features are kept ([N, 2048] float32, 80 MB for 10k). Reference features are cached on disk,
 keyed by dataset, split, count, extractor and a hash of the images themselves, so a changed key
 never reuses stale statistics.
+
+The two sides are generic. The generated side is a :class:`SampleSource`: a model's samples
+(:class:`ModelSamples`, drawn with ``eval.seed``) or given images (:class:`ImageSamples`, e.g. a
+folder or an .npz: ``task=eval samples=...``). The reference side is a dataset's splits, or an
+:class:`ImageReference`: fixed images with no splits (``reference=<folder | .npz>``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import Tensor
 from gentrain.data.base import Dataset
 from gentrain.engine import distributed
 from gentrain.errors import GentrainError
-from gentrain.metrics.fidelity import FAMILIES, Features, MetricResult, Protocol, compute, parse_protocol
+from gentrain.metrics.fidelity import DEFAULT_SPLIT, FAMILIES, Features, MetricResult, Protocol, compute, parse_protocol
 from gentrain.models.base import GenerativeModel
 from gentrain.shared import atomic_save, to_model_space, to_uint8
 from gentrain.sampling import eval_mode, sample_batches
@@ -115,6 +120,101 @@ def _generated_features(model: GenerativeModel, n: int, extractor: FeatureExtrac
         return extract(batch, n, extractor, batch_size)
 
 
+class SampleSource(TypingProtocol):
+    """The generated side of an evaluation: features of its first ``n`` images (fewer when it has fewer)."""
+
+    def features(self, n: int, extractor: FeatureExtractor, batch_size: int) -> Features: ...
+
+
+class ModelSamples:
+    """Samples of a model drawn with ``seed`` (:func:`generated_features`: split over ranks under torchrun)."""
+
+    def __init__(self, model: GenerativeModel, seed: int) -> None:
+        self.model, self.seed = model, seed
+
+    def features(self, n: int, extractor: FeatureExtractor, batch_size: int) -> Features:
+        return generated_features(self.model, n, extractor, batch_size, self.seed)
+
+
+class ImageBatches(TypingProtocol):
+    """Images served in batches (a folder decoded on demand): ``len``, ``shape`` (C, H, W) and ``batch(start, size)``."""
+
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int: ...
+
+    def batch(self, start: int, size: int) -> Tensor: ...  # uint8 [size, C, H, W]
+
+
+class ImageSamples:
+    """Given images as the generated side: a uint8 tensor ``[N, C, H, W]`` or :class:`ImageBatches`, in order.
+
+    A protocol asking ``n`` uses the first ``n`` images; with fewer, all of them (the result says so).
+    Under torchrun each rank featurises a contiguous share of the rows and the features are gathered
+    in rank order: every rank holds the features of the one-process evaluation.
+    """
+
+    def __init__(self, images: Tensor | ImageBatches, device: torch.device, name: str = "images") -> None:
+        self.images, self.device, self.name = images, device, name
+        self.count = len(images)
+        self.shape = _image_shape(images)
+
+    def batch(self, start: int, size: int) -> Tensor:
+        if isinstance(self.images, Tensor):
+            return self.images[start : start + size]
+        return self.images.batch(start, size)
+
+    @torch.no_grad()
+    def features(self, n: int, extractor: FeatureExtractor, batch_size: int) -> Features:
+        n = min(n, self.count)
+        world = distributed.current()
+        split = world.active and n >= world.size  # fewer images than ranks: each rank takes them all
+        start, size = 0, n
+        if split:
+            shares = rank_shares(n, world)
+            start, size = sum(shares[: world.rank]), shares[world.rank]
+        local = extract(lambda s, k: self.batch(start + s, k).to(self.device), size, extractor, batch_size)
+        return _gathered(local, world) if split else local
+
+
+class ImageReference:
+    """Reference images without splits (``reference=<folder | .npz>``), in place of a dataset.
+
+    Every protocol compares with the first ``n`` of these images; protocols that name a split
+    (``fid10k_train``) are refused. ``images`` is a uint8 tensor ``[N, C, H, W]`` or an object with
+    ``len``, ``shape`` and ``first(n)`` (read on first use), or None for no reference at all (only
+    reference-free metrics, e.g. ``is10k``, with ``shape`` the shape of the samples).
+    """
+
+    def __init__(self, name: str, images: Any | None, shape: tuple[int, ...] | None = None) -> None:
+        self.name = name
+        self.images = images
+        self.shape = _image_shape(images) if images is not None else tuple(int(s) for s in shape or ())
+        self.count = None if images is None else len(images)
+
+    @classmethod
+    def none(cls, shape: tuple[int, ...]) -> "ImageReference":
+        return cls("none", None, shape)
+
+    def first(self, n: int) -> Tensor:
+        assert self.images is not None
+        return self.images[:n] if isinstance(self.images, Tensor) else self.images.first(n)
+
+
+def _image_shape(images: Any) -> tuple[int, ...]:
+    """(C, H, W) of a tensor [N, C, H, W] or of an object serving images (whose ``shape`` is one image's)."""
+    return tuple(int(s) for s in (images.shape[1:] if isinstance(images, Tensor) else images.shape))
+
+
+def _is_source(x: object) -> bool:
+    """A :class:`SampleSource` rather than a model (models are modules; sources have ``features``)."""
+    return not isinstance(x, torch.nn.Module) and callable(getattr(x, "features", None))
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
 def images_digest(x: Tensor) -> str:
     return hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -161,7 +261,7 @@ class ReferenceCache:
 
 
 class Evaluator:
-    """Runs a list of protocols on a model against dataset splits; builds its feature network on first use.
+    """Runs a list of protocols on a model (or given images) against dataset splits; builds its feature network on first use.
 
     ``split`` is the split that protocols without one in their name compare with when a call names
     none (the test split for reports and ``task=eval``). One call may name several splits (the
@@ -169,12 +269,17 @@ class Evaluator:
     are drawn and featurised once, and each split-dependent protocol is computed per split under
     its own name (``fid10k`` for test, ``fid10k_val``); protocols that use no split (is, modes) or
     fix theirs in the name (``fid50k_train``) are computed once.
+
+    ``dataset`` is the reference side: a :class:`~gentrain.data.base.Dataset` (its splits) or an
+    :class:`ImageReference` (fixed images: splits do not apply, every protocol keeps its plain name).
+    A call scores a model's samples (drawn with ``seed``) or any :class:`SampleSource`, e.g.
+    :class:`ImageSamples` of given images.
     """
 
     def __init__(
         self,
         metrics: list[str],
-        dataset: Dataset,
+        dataset: Dataset | ImageReference,
         split: str,
         make_extractor: Callable[[], FeatureExtractor],
         cache: ReferenceCache,
@@ -187,6 +292,10 @@ class Evaluator:
         names = [p.name for p in self.protocols]
         if len(set(names)) != len(names):
             raise GentrainError(f"eval.metrics lists a metric twice ({list(metrics)}); list each once")
+        self.fixed = isinstance(dataset, ImageReference)
+        if self.fixed:
+            split = DEFAULT_SPLIT  # no splits: protocols keep their plain names (fid10k)
+            self._check_fixed(dataset)  # type: ignore[arg-type]
         images = len(dataset.shape) == 3 and dataset.shape[0] in (1, 3)
         self.space = "inception" if images else "points"
         for p in self.protocols:
@@ -198,7 +307,7 @@ class Evaluator:
         if self.space == "points" and any(p.family.space == "points" for p in self.protocols):
             from gentrain.metrics.modes import dataset_modes
 
-            modes, std = dataset_modes(dataset)  # one clear line for a toy set without modes
+            modes, std = dataset_modes(dataset)  # type: ignore[arg-type]  # one clear line for a toy set without modes
             options = {**(options or {}), "modes": modes, "mode_std": std}
             make_extractor = PointFeatures
         self.dataset = dataset
@@ -214,8 +323,25 @@ class Evaluator:
         self._reference: dict[str, Features] = {}
         self.reference_from_cache: bool | None = None
 
+    def _check_fixed(self, reference: ImageReference) -> None:
+        """One line for a protocol that an :class:`ImageReference` cannot serve."""
+        for p in self.protocols:
+            if p.family.space == "likelihood":
+                raise GentrainError(
+                    f"{p.name} is computed on the examples of a dataset split; reference={reference.name} is images without splits: "
+                    "use reference=<dataset option> or leave reference out"
+                )
+            if p.explicit:
+                raise GentrainError(
+                    f"{p.name} names the {p.split} split, but reference={reference.name} is images without splits; use {p.family.name}{p.count}"
+                )
+            if p.family.needs_reference and reference.images is None:
+                raise GentrainError(f"{p.name} compares with reference images and none were given; give a reference or ask only for is<count>")
+
     def protocols_on(self, splits: list[str]) -> list[Protocol]:
         """Every protocol a call on ``splits`` computes, in the order of ``eval.metrics``, split by split."""
+        if self.fixed:
+            splits = [DEFAULT_SPLIT]
         out: dict[str, Protocol] = {}
         for p in self.protocols:
             for q in (p.on(s) for s in splits):
@@ -234,16 +360,23 @@ class Evaluator:
     def split_data(self, split: str) -> Tensor:
         """The data of ``split`` (uint8 images or points), read once."""
         if split not in self._split_x:
-            self._split_x[split] = self.dataset.load(split).x
+            self._split_x[split] = self.dataset.load(split).x  # type: ignore[union-attr]
         return self._split_x[split]
+
+    def reference_name(self, split: str) -> str:
+        """What results name as their reference: ``digits/test``, or an :class:`ImageReference`'s name."""
+        return self.dataset.name if self.fixed else f"{self.dataset.name}/{split}"
 
     def reference(self, split: str, protocols: list[Protocol]) -> Features:
         """Features of the first N examples of ``split``, N the largest count of ``protocols`` on it (cached on disk)."""
         if split not in self._reference:
             assert self.extractor is not None
             n_ref = max(p.n for p in protocols if p.family.needs_reference and p.split == split)
-            images = self.split_data(split)[:n_ref]  # the first n images of the split (standard protocol)
-            self._reference[split], from_cache = self.cache.features(self.dataset.name, split, images, self.extractor, self.batch_size, self.device)
+            if self.fixed:  # the first n given images; "all": their cache files name no split
+                images, cache_split = self.dataset.first(n_ref), "all"  # type: ignore[union-attr]
+            else:
+                images, cache_split = self.split_data(split)[:n_ref], split  # the first n images of the split (standard protocol)
+            self._reference[split], from_cache = self.cache.features(self.dataset.name, cache_split, images, self.extractor, self.batch_size, self.device)
             self.reference_from_cache = from_cache if self.reference_from_cache is None else self.reference_from_cache and from_cache
         return self._reference[split]
 
@@ -253,8 +386,19 @@ class Evaluator:
             if p.family.space == "likelihood" and not hasattr(model, "log_likelihood"):
                 raise GentrainError(f"{p.name} needs a likelihood model (vae, conv_vae, realnvp, glow, pixelcnn, made); {type(model).__name__} has none")
 
-    def __call__(self, model: GenerativeModel, splits: list[str] | None = None) -> list[MetricResult]:
-        self.check_model(model)
+    def check_source(self, source: GenerativeModel | SampleSource) -> None:
+        """Refuse, at start-up, what ``source`` cannot give: likelihoods need a model, not images."""
+        if not _is_source(source):
+            self.check_model(source)  # type: ignore[arg-type]
+            return
+        for p in self.protocols:
+            if p.family.space == "likelihood":
+                raise GentrainError(f"{p.name} needs a model (the log-likelihoods of test data); given images have none: evaluate a checkpoint with ckpt=")
+
+    def __call__(self, model: GenerativeModel | SampleSource, splits: list[str] | None = None) -> list[MetricResult]:
+        """Results of every protocol on ``splits`` (default: ``split``) for a model's samples or a :class:`SampleSource`."""
+        self.check_source(model)
+        source: SampleSource = model if _is_source(model) else ModelSamples(model, self.seed)  # type: ignore[assignment,arg-type]
         protocols = self.protocols_on(list(dict.fromkeys(splits or [self.split])))
         sampled = [p for p in protocols if p.family.space != "likelihood"]
         gen = None
@@ -263,12 +407,12 @@ class Evaluator:
                 self.extractor = self.make_extractor()
             for split in dict.fromkeys(p.split for p in sampled if p.family.needs_reference):
                 self.reference(split, sampled)
-            gen = generated_features(model, max(p.n for p in sampled), self.extractor, self.batch_size, self.seed)
+            gen = source.features(max(p.n for p in sampled), self.extractor, self.batch_size)
         results = []
         for protocol in protocols:
             if protocol.family.space == "likelihood":
                 assert protocol.split is not None
-                result = compute(protocol, self.log_likelihoods(model, protocol.split, protocol.n), None, self.options)
+                result = compute(protocol, self.log_likelihoods(model, protocol.split, protocol.n), None, self.options)  # type: ignore[arg-type]
                 result.extractor = "log-likelihood"
                 kind = getattr(model, "likelihood_kind", "exact")
                 result.notes.append(f"{kind}, k={self.options.get('iwae_k', 1)}" if kind.startswith("IWAE") else kind)
@@ -277,13 +421,27 @@ class Evaluator:
                 ref = self._reference[protocol.split] if protocol.family.needs_reference and protocol.split else None
                 result = compute(protocol, gen, ref, self.options)
                 result.extractor = self.extractor.identity
+                if result.n_generated is not None and result.n_generated < protocol.n:
+                    result.notes.append(f"only {result.n_generated} generated images were given, fewer than the {protocol.n} asked for")
+                if ref is not None:
+                    result.notes.extend(self._shape_notes(source))
             if protocol.split is not None:
-                result.reference_split = f"{self.dataset.name}/{protocol.split}"
-                note = self.dataset.split_note(protocol.split)
+                result.reference_split = self.reference_name(protocol.split)
+                note = None if self.fixed else self.dataset.split_note(protocol.split)  # type: ignore[union-attr]
                 if note:
                     result.notes.append(note)
             results.append(result)
         return results
+
+    def _shape_notes(self, source: SampleSource) -> list[str]:
+        """A caveat when given images and reference images differ in size or channels (the extractor still compares them)."""
+        shape = getattr(source, "shape", None)
+        if shape is None or tuple(shape) == tuple(self.dataset.shape):
+            return []
+        return [
+            f"generated images are {_shape_text(shape)} (CxHxW), reference images {_shape_text(self.dataset.shape)}: compared through the "
+            "feature extractor, which resizes every image (Inception: to 299x299) and tiles grayscale to 3 channels"
+        ]
 
     @torch.no_grad()
     def log_likelihoods(self, model: GenerativeModel, split: str, n: int) -> Features:
