@@ -72,12 +72,7 @@ def _evaluate_checkpoint(cfg: DictConfig, es: EvalSettings, protocols: list[Prot
         "weights": "ema" if average is not None else "trained",
         "choices": ckpt.get("choices", {}),
         **({"reference": _reference_record(evaluator, reference_files, es.split)} if reference is not None else {}),
-        "metrics": flat_values(results),
-        "evaluation": [r.as_dict() for r in results],
-        "eval_time_s": round(elapsed, 3),
-        "reference_from_cache": evaluator.reference_from_cache,
-        "device": {"type": device.type, "name": device_name(device)},
-        "versions": versions(),
+        **_results(evaluator, results, elapsed, device),
     }
     return _write(cfg, report, path.parent, path.stem, elapsed, console)
 
@@ -101,6 +96,15 @@ def _evaluate_samples(cfg: DictConfig, es: EvalSettings, protocols: list[Protoco
         "samples_count": len(images),
         "samples_shape": list(images.shape),
         "reference": _reference_record(evaluator, reference_files, es.split) if reference is not None else None,
+        **_results(evaluator, results, elapsed, device),
+    }
+    stem = images.path.name if images.kind == "folder" else images.path.stem
+    return _write(cfg, report, images.path.parent, stem, elapsed, console)
+
+
+def _results(evaluator: Any, results: list[Any], elapsed: float, device: Any) -> dict[str, Any]:
+    """The part of an evaluation report that both paths share: the numbers, their records, time, cache use, device, versions."""
+    return {
         "metrics": flat_values(results),
         "evaluation": [r.as_dict() for r in results],
         "eval_time_s": round(elapsed, 3),
@@ -108,8 +112,6 @@ def _evaluate_samples(cfg: DictConfig, es: EvalSettings, protocols: list[Protoco
         "device": {"type": device.type, "name": device_name(device)},
         "versions": versions(),
     }
-    stem = images.path.name if images.kind == "folder" else images.path.stem
-    return _write(cfg, report, images.path.parent, stem, elapsed, console)
 
 
 def _write(cfg: DictConfig, report: dict[str, Any], beside: Path, stem: str, elapsed: float, console: Console) -> dict[str, Any]:
