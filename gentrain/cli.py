@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,17 @@ from gentrain.config import CONFIG_DIR, compose_app_config
 from gentrain.errors import GentrainError
 
 
-#: Sweep jobs that failed (one line each, already printed); main() exits non-zero when any did.
-_FAILED_JOBS: list[str] = []
+#: The file where the jobs of a sweep record that they failed (one line each; the reason is printed by the job). main()
+#: names it in the environment before Hydra launches, so jobs that a launcher runs in other processes (joblib,
+#: submitit_local) record theirs too, and exits non-zero when any did.
+_FAILED_JOBS_ENV = "GENTRAIN_FAILED_JOBS_FILE"
+
+
+def _record_failed_job(num: int) -> None:
+    path = os.environ.get(_FAILED_JOBS_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"job {num}\n")
 
 
 # absolute: a console script has no calling file for Hydra to resolve a relative path against
@@ -44,7 +55,7 @@ def _app(cfg: DictConfig) -> float | None:
         # one line, no traceback: the message names the fix
         print(f"error: {e}", file=sys.stderr, flush=True)
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(e, Interrupted):
-            _FAILED_JOBS.append(f"job {HydraConfig.get().job.num}")  # the sweep goes on with its other jobs
+            _record_failed_job(HydraConfig.get().job.num)  # the sweep goes on with its other jobs
             return float("nan")  # an optimising sweeper records a failed trial and goes on
         sys.exit(getattr(e, "exit_code", 2))
 
@@ -209,6 +220,9 @@ def main() -> None:
             print(f"error: {_one_line(str(e))}", file=sys.stderr, flush=True)
             sys.exit(2)
         sys.exit(0)
+    fd, failures = tempfile.mkstemp(prefix="gentrain-failed-jobs-", suffix=".txt")
+    os.close(fd)
+    os.environ[_FAILED_JOBS_ENV] = failures
     try:
         argv = _resume_in_place(sys.argv[1:])
         sys.argv[1:] = argv
@@ -218,8 +232,11 @@ def main() -> None:
         name = str(e) or "SIGINT"
         print(f"error: stopped by {name} outside training steps; checkpoints already written are intact", file=sys.stderr, flush=True)
         sys.exit(128 + signal.Signals[name].value)
-    if _FAILED_JOBS:
-        print(f"error: {len(_FAILED_JOBS)} sweep job(s) failed ({', '.join(_FAILED_JOBS)}); each printed its reason above", file=sys.stderr, flush=True)
+    finally:
+        failed = sorted(set(Path(failures).read_text().split("\n")) - {""}, key=lambda j: int(j.split()[-1]))
+        os.unlink(failures)
+    if failed:
+        print(f"error: {len(failed)} sweep job(s) failed ({', '.join(failed)}); each printed its reason above", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

@@ -6,7 +6,6 @@ mistake into one line that names the key and a valid example.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar
@@ -15,11 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from gentrain.errors import GentrainError
-
-# gentrain's presets for Hydra's launcher plugins (configs/hydra/launcher/joblib.yaml ...) carry the plugins' own option
-# names, so Hydra merges them onto the plugins' schemas; it warns that this matching is deprecated (it still works
-# throughout hydra-core 1.3, which gentrain pins).
-warnings.filterwarnings("ignore", message=r"(?s)\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
 
 #: The app's config tree, shipped inside the package (the project's top-level ``configs`` links here).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

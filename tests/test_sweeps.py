@@ -145,3 +145,14 @@ def test_launcher_presets_compose_onto_the_plugins(launcher):
     for key, v in ours.items():
         if not str(v).startswith("${"):
             assert cfg.hydra.launcher[key] == v, key
+
+
+@pytest.mark.skipif(not needs["joblib"], reason="hydra-joblib-launcher is not installed (pip install gentrain[sweeps])")
+def test_a_job_that_fails_in_a_launcher_process_fails_the_sweep(tmp_path):
+    # MNIST's files are missing (the test's data folder is empty): that job fails in its joblib worker, the other completes
+    result = gentrain(["-m", "hydra/launcher=joblib", "model=gan_mlp", "dataset=mnist,digits", *TINY["gan_mlp"], "trainer.max_steps=1",
+                       "trainer.batch_size=16", "logger.progress=false", "device.threads=1"], tmp_path)
+    assert result.returncode == 2
+    assert "error: 1 sweep job(s) failed (job 0)" in result.stderr and "MNIST not found" in result.stderr
+    assert "Traceback" not in result.stderr and "is validated against ConfigStore schema" not in result.stderr
+    assert len(list((tmp_path / "multirun").glob("*/*/1/report.json"))) == 1
