@@ -196,19 +196,20 @@ def checkpoint_path(path: str | os.PathLike[str]) -> Path:
     return find_checkpoint(p)
 
 
-def load(path: str | os.PathLike[str], device: Any = "auto", use_ema: bool = True) -> Loaded:
+def load(path: str | os.PathLike[str], device: Any = "auto", use_ema: bool = True, sampler: dict[str, Any] | None = None) -> Loaded:
     """The model of a checkpoint: ``path`` a run directory (its ``checkpoints/last.pt``), a ``.pt`` file, or
     ``<run dir>/best`` or ``<run dir>/last``.
 
     ``device``: auto (CUDA when present), cpu, cuda, cuda:N. With ``use_ema`` (default) the run's weight average,
-    when it kept one, is copied into the model, as ``task=sample`` and ``task=eval`` use it.
+    when it kept one, is copied into the model, as ``task=sample`` and ``task=eval`` use it. ``sampler`` (diffusion
+    models) replaces the run's sampler, e.g. ``{"name": "ddim", "steps": 50}``.
     """
     from gentrain.engine.device import resolve_device
     from gentrain.tasks.common import load_trained
 
     spec = checkpoint_path(path)
     where = resolve_device(str(device))
-    path_, ckpt, model, average, dataset = load_trained(str(spec), where, use_ema=use_ema)
+    path_, ckpt, model, average, dataset = load_trained(str(spec), where, use_ema=use_ema, sampler=sampler)
     if average is not None and average.module is not None:
         getattr(model, average.name).load_state_dict(average.module.state_dict())
     model.eval()

@@ -82,6 +82,9 @@ def build_model(cfg: DictConfig) -> GenerativeModel:
     model = build(net, "model")
     if not isinstance(model, GenerativeModel):
         raise GentrainError(f"model={choice(cfg, 'model')} builds a {type(model).__name__}, not a gentrain model; check model._target_")
+    sampler = OmegaConf.select(cfg, "sampler", default=None)
+    if sampler is not None:  # the sampler group (diffusion models); other models refuse a choice
+        model.set_sampler(OmegaConf.to_container(sampler, resolve=True))
     return model
 
 

@@ -7,6 +7,8 @@ pair is refused at start-up.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,6 +31,16 @@ def interpolate_latents(z0: Tensor, z1: Tensor, steps: int, spherical: bool) -> 
     cos = (F.normalize(z0, dim=1) * F.normalize(z1, dim=1)).sum(1).clamp(-1 + 1e-7, 1 - 1e-7).view(-1, 1, 1)
     omega = torch.acos(cos)
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def check_labels(num_classes: int | None, data: DataSplit, dataset: str, unconditional: str) -> None:
+    """Refuse data a conditional model (``num_classes`` set) cannot train on: no labels, or more classes than the model has."""
+    if num_classes is None:
+        return
+    if data.y is None:
+        raise GentrainError(f"a conditional model needs class labels and dataset={dataset} has none; use {unconditional}")
+    if int(data.y.max()) >= num_classes:
+        raise GentrainError(f"dataset={dataset} has {int(data.y.max()) + 1} classes but the model has {num_classes}; set model.num_classes")
 
 
 class GenerativeModel(nn.Module):
@@ -60,6 +72,11 @@ class GenerativeModel(nn.Module):
         ``x`` is a fixed batch of real data in model space (for reconstructions, density plots ...). None by default.
         """
         return {}
+
+    def set_sampler(self, spec: Any) -> None:
+        """Take the ``sampler`` config group's choice (``sampler=ddim sampler.steps=50``); models without sampler options refuse one."""
+        if spec is not None:
+            raise GentrainError(f"{type(self).__name__} has no sampler options; sampler= applies to diffusion models (model=ddpm)")
 
     def ema_target(self) -> str | None:
         """The attribute name of the part whose weights an exponential moving average tracks (None: no such part)."""
@@ -164,9 +181,4 @@ class AdversarialModel(GenerativeModel):
         return self.generate(self.noise(y.shape[0], generator=generator), y), per_class
 
     def check_data(self, data: DataSplit, dataset: str) -> None:
-        if self.num_classes is None:
-            return
-        if data.y is None:
-            raise GentrainError(f"a conditional model needs class labels and dataset={dataset} has none; use an unconditional model (e.g. model=dcgan)")
-        if int(data.y.max()) >= self.num_classes:
-            raise GentrainError(f"dataset={dataset} has {int(data.y.max()) + 1} classes but the model has {self.num_classes}; set model.num_classes")
+        check_labels(self.num_classes, data, dataset, "an unconditional model (e.g. model=dcgan)")

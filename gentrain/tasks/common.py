@@ -72,18 +72,28 @@ def cfg_task_name(cfg: DictConfig) -> str:
     return {"evaluate": "eval"}.get(target.rsplit(".", 1)[-1], target.rsplit(".", 1)[-1])
 
 
-def load_trained(spec: str, device: torch.device, use_ema: bool = True) -> tuple[Path, dict[str, Any], GenerativeModel, EMA | None, Dataset]:
+def sampler_choice(cfg: DictConfig) -> Any:
+    """The ``sampler`` group's choice on the command line (``sampler=ddim sampler.steps=50``), as a dict; None when not chosen."""
+    chosen = OmegaConf.select(cfg, "sampler", default=None)
+    return None if chosen is None else OmegaConf.to_container(chosen, resolve=True)
+
+
+def load_trained(
+    spec: str, device: torch.device, use_ema: bool = True, sampler: Any = None,
+) -> tuple[Path, dict[str, Any], GenerativeModel, EMA | None, Dataset]:
     """Checkpoint path, its contents, its model (trained weights, on ``device``, eval mode), its weight average and its dataset.
 
     The average is None without ``use_ema`` or when the run kept none; sample and evaluate inside
-    ``gentrain.sampling.sampling_state(model, average)``, as training does.
+    ``gentrain.sampling.sampling_state(model, average)``, as training does. The model samples with the
+    run's own ``sampler`` choice unless ``sampler`` (the config group, e.g. ``sampler=ddim``) replaces it.
     """
     path = find_checkpoint(spec)
     ckpt = load_checkpoint(path)
     config = ckpt.get("config")
     if not isinstance(config, dict) or "model" not in config or "dataset" not in config:
         raise GentrainError(f"{path} holds no run config; it was not written by gentrain's trainer")
-    model = build_model(OmegaConf.create({"model": config["model"]})).to(device)
+    chosen = sampler if sampler is not None else config.get("sampler")
+    model = build_model(OmegaConf.create({"model": config["model"], "sampler": chosen})).to(device)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

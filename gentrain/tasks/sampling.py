@@ -14,7 +14,7 @@ from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import to_uint8
 from gentrain.config import EvalSettings, typed
 from gentrain.sampling import sample_batches, sampling_state
-from gentrain.tasks.common import load_trained, required, setup_device
+from gentrain.tasks.common import load_trained, sampler_choice, required, setup_device
 from gentrain.visual import sample_picture, save_png
 
 
@@ -28,7 +28,7 @@ def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         raise GentrainError(f"n must be a positive integer, got {n!r}; e.g. n=64")
     es = typed(cfg.eval, EvalSettings, "eval")
     device, _ = setup_device(cfg)
-    path, ckpt, model, average, dataset = load_trained(str(spec), device, use_ema=es.use_ema)
+    path, ckpt, model, average, dataset = load_trained(str(spec), device, use_ema=es.use_ema, sampler=sampler_choice(cfg))
     out_dir = Path(OmegaConf.select(cfg, "out", default=None) or path.parent).expanduser()
     seed = int(OmegaConf.select(cfg, "seed", default=0))
     with sampling_state(model, average):
