@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["Loaded", "Result", "evaluate", "load", "train"]
 
 #: What ``log_prob`` needs (the models with ``log_likelihood``), for messages.
-LIKELIHOOD_MODELS = "vae, conv_vae, realnvp, glow, pixelcnn, made"
-CONDITIONAL_MODELS = "cgan, acgan"
+LIKELIHOOD_MODELS = "vae, conv_vae, realnvp, glow, pixelcnn, made, ddpm"
+CONDITIONAL_MODELS = "cgan, acgan, ddpm with model.num_classes"
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------------
@@ -177,10 +177,7 @@ def _labelled_batches(model: Any, y: Tensor, seed: int, batch_size: int) -> Iter
     generator = torch.Generator(device=model.device).manual_seed(seed)
     with torch.no_grad():
         for start in range(0, y.shape[0], batch_size):
-            yb = y[start : start + batch_size]
-            z = model.noise(yb.shape[0], generator=generator)
-            model.random_labels(yb.shape[0], generator)  # drawn and dropped: the noise stream of an unlabelled draw
-            yield model.generate(z, yb)
+            yield model.sample_of_labels(y[start : start + batch_size], generator)
 
 
 def checkpoint_path(path: str | os.PathLike[str]) -> Path:

@@ -28,6 +28,7 @@ TINY |= {
     "glow": ["model.hidden=8", "model.steps=2", "model.levels=2"],
     "pixelcnn": ["model.hidden=8", "model.layers=2"],
     "made": ["model.hidden=[32,32]"],
+    "ddpm": ["model.channels=8", "model.num_res_blocks=1", "model.hidden=16", "model.blocks=1", "objective.timesteps=10"],
 }
 SMALL_DATA = {
     "digits": [],

@@ -129,7 +129,7 @@ def test_conditional_labels(tmp_path: Path) -> None:
 
 
 def test_labels_refused_for_unconditional(gan: gentrain.Result) -> None:
-    with pytest.raises(GentrainError, match=r"labels= needs a conditional model \(cgan, acgan\)"):
+    with pytest.raises(GentrainError, match=r"labels= needs a conditional model \(cgan, acgan, ddpm"):
         gan.loaded.sample(4, labels=[0, 1, 2, 3])  # type: ignore[union-attr]
 
 
@@ -172,7 +172,7 @@ def test_log_prob_vae_iwae(tmp_path: Path) -> None:
 
 
 def test_log_prob_refused_without_likelihood(gan: gentrain.Result) -> None:
-    with pytest.raises(GentrainError, match=r"needs a likelihood model \(vae, conv_vae, realnvp, glow, pixelcnn, made\)") as e:
+    with pytest.raises(GentrainError, match=r"needs a likelihood model \(vae, conv_vae, realnvp, glow, pixelcnn, made, ddpm\)") as e:
         gan.log_prob(torch.zeros(4, 2))
     assert "\n" not in str(e.value)
 

@@ -28,18 +28,23 @@ MODEL_OBJECTIVE = {
     "dcgan": "non_saturating", "gan_mlp": "non_saturating", "cgan": "hinge", "acgan": "non_saturating",
     "wgan": "wasserstein", "wgan_gp": "wasserstein_gp",
     "vae": "elbo", "conv_vae": "elbo", "realnvp": "flow_nll", "glow": "flow_nll", "pixelcnn": "ar_nll", "made": "ar_nll",
+    "ddpm": "ddpm",
 }
 #: A model each objective trains here.
 OBJECTIVE_MODEL = {
     "minimax": "gan_mlp", "non_saturating": "dcgan", "hinge": "acgan", "wasserstein": "cgan", "wasserstein_gp": "gan_mlp",
-    "elbo": "conv_vae", "flow_nll": "glow", "ar_nll": "pixelcnn",
+    "elbo": "conv_vae", "flow_nll": "glow", "ar_nll": "pixelcnn", "ddpm": "ddpm",
 }
 TINY_OF = {"wgan": TINY["dcgan"], "wgan_gp": TINY["dcgan"]}
 #: Datasets whose files a test writes (format-faithful; the real ones need a download or a Debian package).
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 #: Options that cannot run on every machine, with the reason.
 NEEDS = {("device", "cuda"): ("CUDA", torch.cuda.is_available())}
-EXTRA_GROUPS = {"device": ["cpu", "auto", "cuda"], "eval": ["default", "standard"], "logger": ["base", "csv", "mlflow", "tensorboard", "wandb"], "trainer": ["default"]}
+EXTRA_GROUPS = {"device": ["cpu", "auto", "cuda"], "eval": ["default", "standard"], "logger": ["base", "csv", "mlflow", "tensorboard", "wandb"], "trainer": ["default", "diffusion"],
+    "sampler": ["ddim", "ddpm"],
+}
+#: Options of the other groups that only diffusion models take: they train with model=ddpm.
+DIFFUSION_OPTIONS = {("sampler", "ddim"), ("sampler", "ddpm"), ("trainer", "diffusion")}
 
 
 def options(group: str) -> list[str]:
@@ -95,7 +100,7 @@ def combination(group: str, option: str, root: Path) -> list[str]:
         return tiny_overrides("gan_mlp", option, steps=2, extra=data_files(option, root))
     if group == "experiment":
         return experiment_combination(option, root)
-    base = tiny_overrides("gan_mlp", "digits", steps=2)
+    base = tiny_overrides(*(("ddpm", "digits", "ddpm") if (group, option) in DIFFUSION_OPTIONS else ("gan_mlp", "digits")), steps=2)
     extra = ["eval.metrics=[fid16,kid16,pr16,is16]", "eval.kid_subset_size=8", "eval.batch_size=16"] if (group, option) == ("eval", "standard") else []
     return [*[o for o in base if not o.startswith("device=")], f"{group}={option}", *extra]
 

@@ -58,6 +58,11 @@ class GenerativeModel(nn.Module):
         """Samples and their class labels [n] (None for unconditional models)."""
         return self.sample(n, generator=generator), None
 
+    def sample_of_labels(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Samples of the classes ``y`` (conditional models), drawing from ``generator`` as :meth:`sample_with_labels` does
+        (the labels it would draw are drawn and dropped), so only the classes differ from an unlabelled draw."""
+        raise GentrainError(f"{type(self).__name__} is not class-conditional; leave labels out")
+
     def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
         """About ``n`` samples for a picture and the images per row (None: square); conditional models give one row per class."""
         return self.sample(n, generator=generator), None
@@ -172,6 +177,11 @@ class AdversarialModel(GenerativeModel):
         z = self.noise(n, generator=generator)
         y = self.random_labels(n, generator)
         return self.generate(z, y), y
+
+    def sample_of_labels(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        z = self.noise(y.shape[0], generator=generator)
+        self.random_labels(y.shape[0], generator)  # drawn and dropped: the noise stream of an unlabelled draw
+        return self.generate(z, y)
 
     def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
         if self.num_classes is None:

@@ -482,6 +482,13 @@ class DiffusionModel(LikelihoodModel):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.sample_with_labels(n, generator)[0]
 
+    def sample_of_labels(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.num_classes is None:
+            return super().sample_of_labels(y, generator)
+        x = self.noise(y.shape[0], generator)
+        self.random_labels(y.shape[0], generator)  # drawn and dropped: the noise stream of an unlabelled draw
+        return self._finish(self.run_sampler(x, y, generator=generator)[0])
+
     def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
         if self.num_classes is None:
             return self.sample(n, generator), None
