@@ -282,6 +282,13 @@ def _train(
     RUN_LOG.info("%s; command: %s", start, command_line())
     if trainer.step >= s.ts.max_steps:
         console.print(f"checkpoint is at step {trainer.step} >= trainer.max_steps={s.ts.max_steps}: nothing to train", highlight=False)
+    elif s.ts.warmup_steps > s.ts.max_steps:
+        note = (
+            f"note: trainer.warmup_steps={s.ts.warmup_steps} is longer than the run (trainer.max_steps={s.ts.max_steps}): the learning rate "
+            f"ends at {s.ts.max_steps / s.ts.warmup_steps:.0%} of its configured value; e.g. trainer.warmup_steps={max(1, s.ts.max_steps // 10)}"
+        )
+        console.print(note, highlight=False)
+        RUN_LOG.warning(note)
     result = trainer.fit()
     report = make_report(choices, resolved, result, s.ts, s.ls, s.device, s.ds.precision, setup_s, n_params, changes, s.world)
     if not s.world.main:
