@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,7 +313,7 @@ class SamplerSpec:
     name: str = "ddpm"
     steps: int | None = None
     eta: float = 0.0
-    guidance: float = 0.0
+    guidance: float | None = 0.0  # None only while parsing: set_sampler keeps the current weight
 
     @classmethod
     def parse(cls, spec: Any) -> SamplerSpec:
@@ -324,20 +325,16 @@ class SamplerSpec:
             raise GentrainError(f"sampler has no key(s) {unknown}; its keys are name, steps (ddim), eta (ddim) and guidance")
         name = values.get("name", "ddpm")
         check_choice(name, SAMPLERS, "sampler", "ddim")
-        steps, eta, guidance = values.get("steps"), values.get("eta", 0.0), values.get("guidance", 0.0)
+        steps, eta, guidance = values.get("steps"), values.get("eta", 0.0), values.get("guidance")
         if name == "ddpm" and (steps is not None or eta not in (0, 0.0, None)):
             raise GentrainError("sampler=ddpm runs all objective.timesteps steps and has no steps or eta; use sampler=ddim sampler.steps=50 for fewer")
         if name == "ddim" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise GentrainError(f"sampler.steps must be a positive integer, got {steps!r}; e.g. sampler.steps=50")
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
             raise GentrainError(f"sampler.eta must be a number >= 0, got {eta!r}; e.g. sampler.eta=0 (deterministic DDIM) or 1")
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0:
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0):
             raise GentrainError(f"sampler.guidance must be a number >= 0, got {guidance!r}; e.g. sampler.guidance=2.0 (0: no guidance)")
-        return cls(name, steps, float(eta or 0.0), float(guidance))
-
-    def describe(self, timesteps: int) -> str:
-        what = f"ancestral, {timesteps} steps" if self.name == "ddpm" else f"DDIM, {min(self.steps or timesteps, timesteps)} steps, eta {self.eta:g}"
-        return what + (f", guidance {self.guidance:g}" if self.guidance else "")
+        return cls(name, steps, float(eta or 0.0), None if guidance is None else float(guidance))  # type: ignore[arg-type]
 
 
 class DiffusionModel(LikelihoodModel):
@@ -373,9 +370,12 @@ class DiffusionModel(LikelihoodModel):
         return "net"
 
     def set_sampler(self, spec: Any) -> None:
+        """Sample with ``spec`` from now on; a ``guidance`` of None keeps the current one (0 for a new model, a checkpoint's own)."""
         if spec is None:
             return
         sampler = SamplerSpec.parse(spec)
+        if sampler.guidance is None:
+            sampler = dataclasses.replace(sampler, guidance=self.sampler.guidance)
         if sampler.guidance and self.num_classes is None:
             raise GentrainError("sampler.guidance needs a class-conditional model; set model.num_classes (and train with model.cond_drop > 0) or sampler.guidance=0")
         if sampler.guidance and self.cond_drop == 0:
@@ -508,7 +508,7 @@ class DiffusionModel(LikelihoodModel):
         return self._finish(self.run_sampler(z, y, ddim)[0])
 
     def pictures(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, tuple[Tensor, int]]:
-        """The denoising trajectory from x_T to x_0: 8 image samples at 10 points in time, or the 2-D point cloud at 6."""
+        """The denoising trajectory from x_T to x_0: 8 image samples at up to 10 points in time, or the 2-D point cloud at up to 6."""
         points = len(x)
         columns = 10 if self.images else 6
         n = 8 if self.images else points
@@ -518,13 +518,13 @@ class DiffusionModel(LikelihoodModel):
 
         _, states = self.run_sampler(self.noise(n, generator), self.random_labels(n, generator), generator=generator, keep=keep)
         if self.images:
-            return {"trajectory": (torch.stack(states, 1).flatten(0, 1).clamp(-1, 1), columns)}
+            return {"trajectory": (torch.stack(states, 1).flatten(0, 1).clamp(-1, 1), len(states))}
         if self.shape != (2,):
             return {}
         from gentrain.visual import scatter_image
 
         frames = [torch.from_numpy(scatter_image(x, s, size=256)).permute(2, 0, 1).float() / 127.5 - 1 for s in states]
-        return {"trajectory": (torch.stack(frames), columns)}
+        return {"trajectory": (torch.stack(frames), len(frames))}
 
     # ---- the variational bound ----------------------------------------------------------------
     def _decoder_nll(self, x0: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
@@ -610,6 +610,9 @@ class DDPM(DiffusionModel):
             net: nn.Module = UNet(shape, channels, mult, attention, int(num_res_blocks), float(dropout), num_classes)
             self_layout = {"channel_mult": mult, "attention_resolutions": attention}
         elif len(shape) == 1:
+            for key, value, least in (("hidden", hidden, 1), ("blocks", blocks, 0)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                    raise GentrainError(f"model.{key} must be an integer >= {least}, got {value!r}; e.g. model.{key}={256 if key == 'hidden' else 4}")
             net = MLPDenoiser(shape[0], int(hidden), int(blocks), float(dropout), num_classes)
             self_layout = {}
         else:

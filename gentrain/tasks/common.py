@@ -92,8 +92,9 @@ def load_trained(
     config = ckpt.get("config")
     if not isinstance(config, dict) or "model" not in config or "dataset" not in config:
         raise GentrainError(f"{path} holds no run config; it was not written by gentrain's trainer")
-    chosen = sampler if sampler is not None else config.get("sampler")
-    model = build_model(OmegaConf.create({"model": config["model"], "sampler": chosen})).to(device)
+    model = build_model(OmegaConf.create({"model": config["model"], "sampler": config.get("sampler")})).to(device)
+    if sampler is not None:  # on top of the run's own (a guidance left null keeps the run's)
+        model.set_sampler(sampler)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
