@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/gpu_campaign.sh <part> [<out dir>]
 #
-# Parts: throughput | fid | likelihood | toy | all (all: every part in turn, for a machine without a per-call limit).
+# Parts: throughput | fid | likelihood | toy | diffusion | all (all: every part in turn, for a machine without a per-call limit).
 # Results go to benchmarks/results/ (and are copied to <out dir>, e.g. the device tool's $OUT).
 # On the project's GPU machine the packages its python lacks travel as wheels in .whl/ (see
 # ../shared/ENVIRONMENT.md and the device README): hydra-core, omegaconf, antlr4-python3-runtime,
@@ -12,7 +12,7 @@
 # (python -m gentrain.metrics.inception builds them offline; fp16, 43.7 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: gpu_campaign.sh throughput|fid|likelihood|toy|all [out dir]}
+part=${1:?usage: gpu_campaign.sh throughput|fid|likelihood|toy|diffusion|all [out dir]}
 out=${2:-}
 if [ -d .whl ] && ! python3 -c "import hydra, torch_fidelity" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -26,8 +26,9 @@ run_part() {
         fid) python3 benchmarks/fid_table.py --device cuda --n 10000 ;;
         likelihood) python3 benchmarks/likelihood.py --dataset fashion_mnist --device cuda --steps 20000 --n-eval 10000 ;;
         toy) python3 benchmarks/toy_modes.py --paper --seeds 0 1 2 --steps 400000 --jobs 6 --device cuda ;;
-        all) for p in throughput fid likelihood toy; do run_part "$p"; done ;;
-        *) echo "unknown part $1; use throughput, fid, likelihood, toy or all" >&2; exit 2 ;;
+        diffusion) python3 benchmarks/diffusion.py --gpu --device cuda ;;
+        all) for p in throughput fid likelihood toy diffusion; do run_part "$p"; done ;;
+        *) echo "unknown part $1; use throughput, fid, likelihood, toy, diffusion or all" >&2; exit 2 ;;
     esac
 }
 start=$(date +%s)

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["Loaded", "Result", "evaluate", "load", "train"]
 
 #: What ``log_prob`` needs (the models with ``log_likelihood``), for messages.
-LIKELIHOOD_MODELS = "vae, conv_vae, realnvp, glow, pixelcnn, made, ddpm"
 CONDITIONAL_MODELS = "cgan, acgan, ddpm with model.num_classes"
 
 
@@ -100,11 +99,11 @@ class Loaded:
         return to_uint8(x).cpu() if x.dim() == 4 else x.float().cpu()
 
     def log_prob(self, x: Any, k: int | None = None, seed: int = 0, batch_size: int = 250) -> Tensor:
-        """``log p(x)`` of every example in nats, ``[N]`` on the CPU (likelihood models: vae, conv_vae, realnvp, glow, pixelcnn, made).
+        """``log p(x)`` of every example in nats, ``[N]`` on the CPU (likelihood models: vae, conv_vae, realnvp, glow, pixelcnn, made, ddpm).
 
         ``x``: ``[N, *shape]`` uint8 images (0..255, as the datasets store them) or floats already in model space
         ([-1, 1]); points as floats. This is the number ``nll<count>`` reports (``eval.metrics``): exact for
-        pixelcnn and made; for flows the dequantized bound; for VAEs the importance-weighted (IWAE) lower bound
+        pixelcnn and made; for flows the dequantized bound; for ddpm the variational bound (all T terms); for VAEs the importance-weighted (IWAE) lower bound
         with ``k`` samples, by default the run's ``eval.iwae_k`` (100). Noise (dequantization, IWAE) is drawn from
         the torch RNG seeded with ``seed`` inside a fork, so the caller's random stream is untouched; ``seed=0`` and
         ``batch_size=250`` on the first N test examples give exactly the per-example numbers of ``nll<N>``.
@@ -115,6 +114,8 @@ class Loaded:
         from gentrain.shared import to_model_space
 
         if not self.has_likelihood:
+            from gentrain.models.likelihood import LIKELIHOOD_MODELS
+
             raise GentrainError(
                 f"log_prob needs a likelihood model ({LIKELIHOOD_MODELS}); this checkpoint's model ({self.model_name}) has no likelihood"
             )

@@ -69,7 +69,7 @@ class LoggerSettings:
     """``logger=<backend>`` or ``logger=[a,b]``: each option's file turns its backend on (absent: off)."""
 
     every: int = 50  # steps between logged scalars (every backend), metrics.jsonl lines and console lines
-    samples_every: int = 500  # steps between sample pictures
+    samples_every: int = 500  # steps between sample pictures; 0: none (not even at the end)
     n_samples: int = 64  # images in a sample grid
     n_points: int = 2048  # points in a 2-D scatter plot
     interpolations: bool = True  # latent interpolation grids (linear and spherical) with the samples, for image models
@@ -81,7 +81,7 @@ class LoggerSettings:
     mlflow: Optional[MlflowSettings] = None  # logger=mlflow
     wandb: Optional[WandbSettings] = None  # logger=wandb
 
-    at_least_one: ClassVar[frozenset[str]] = frozenset({"every", "samples_every", "n_samples", "n_points", "interp_rows", "interp_steps"})
+    at_least_one: ClassVar[frozenset[str]] = frozenset({"every", "n_samples", "n_points", "interp_rows", "interp_steps"})
 
 
 @dataclass

@@ -69,6 +69,13 @@ def test_report_markdown_is_readable_on_its_own(train_run):
     assert report["versions"]["torch"] == torch.__version__ and report["device"]["type"] == "cpu"
 
 
+def test_samples_every_0_draws_no_pictures(train_run):
+    """Pictures can be switched off (a diffusion model's ancestral sampler makes each one cost T network passes)."""
+    run_dir, report = train_run(tiny_overrides("gan_mlp", "ring8", steps=2, extra=["logger.samples_every=0"]))
+    assert report["run"]["status"] == "completed" and not list((run_dir / "samples").glob("*.png"))
+    assert "![samples]" not in (run_dir / "report.md").read_text()
+
+
 @pytest.mark.parametrize("model,dataset", [("dcgan", "digits"), ("gan_mlp", "ring8")])
 def test_resume_reproduces_an_uninterrupted_run_exactly(train_run, model, dataset):
     # 3 epochs' worth of batches are not needed: 6 steps with 2 D steps each cross the checkpoint mid-epoch

@@ -157,7 +157,7 @@ class LogHook(Hook):
 
 
 class SampleHook(Hook):
-    """Every ``logger.samples_every`` steps: sample grids at fixed noise, interpolations and the model's own pictures (rank 0)."""
+    """Every ``logger.samples_every`` steps (0: never): sample grids at fixed noise, interpolations and the model's own pictures (rank 0)."""
 
     name = "samples"
     deferrable = True
@@ -176,7 +176,7 @@ class SampleHook(Hook):
         self.path: Path | None = None
 
     def due(self, loop: Trainer, last: bool) -> bool:
-        return loop.step % self.every == 0 or last
+        return bool(self.every) and (loop.step % self.every == 0 or last)
 
     @torch.no_grad()
     def after_step(self, loop: Trainer, last: bool) -> None:

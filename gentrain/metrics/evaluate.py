@@ -30,6 +30,7 @@ from gentrain.engine import distributed
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import DEFAULT_SPLIT, FAMILIES, Features, MetricResult, Protocol, compute, parse_protocol
 from gentrain.models.base import GenerativeModel
+from gentrain.models.likelihood import LIKELIHOOD_MODELS
 from gentrain.shared import atomic_save, to_model_space, to_uint8
 from gentrain.sampling import eval_mode, sample_batches
 
@@ -384,7 +385,7 @@ class Evaluator:
         """Refuse, at start-up, likelihood metrics for a model that has no likelihood."""
         for p in self.protocols:
             if p.family.space == "likelihood" and not hasattr(model, "log_likelihood"):
-                raise GentrainError(f"{p.name} needs a likelihood model (vae, conv_vae, realnvp, glow, pixelcnn, made); {type(model).__name__} has none")
+                raise GentrainError(f"{p.name} needs a likelihood model ({LIKELIHOOD_MODELS}); {type(model).__name__} has none")
 
     def check_source(self, source: GenerativeModel | SampleSource) -> None:
         """Refuse, at start-up, what ``source`` cannot give: likelihoods need a model, not images."""

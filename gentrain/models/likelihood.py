@@ -35,6 +35,8 @@ from gentrain.data.base import check_levels as check_data_levels
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
 
+#: The models with a likelihood (``nll<count>``, ``Loaded.log_prob``), for messages.
+LIKELIHOOD_MODELS = "vae, conv_vae, realnvp, glow, pixelcnn, made, ddpm"
 #: The levels of 8-bit images: the default of image data.
 LEVELS_8BIT = MAX_LEVELS
 LOG_256 = math.log(256.0)
