@@ -67,7 +67,31 @@ def check_optimizer(optimizer: torch.optim.Optimizer, expected: dict[str, Any]) 
 
 def test_every_recipe_preset_is_checked_here():
     presets = {p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if p.stem.startswith(("fashion_", "cifar10_"))}
-    assert presets == set(EXPECTED) | {"fashion_vae"}
+    assert presets == set(EXPECTED) | {"fashion_vae", "cifar10_ddpm", "fashion_ddpm"}
+
+
+def test_cifar10_ddpm_is_ho_et_al():
+    """Ho et al. 2020, appendix B and run_cifar.py: T 1000 linear eps, ch 128 (1,2,2,2), 2 res blocks, attention at 16,
+    dropout 0.1, fixedlarge, Adam 2e-4, 5000 warm-up steps, clip 1, EMA 0.9999, batch 128, 800k steps, ancestral sampling."""
+    cfg, model, objective, optimizers = built("cifar10_ddpm")
+    assert type(model).__name__ == "DDPM" and type(objective).__name__ == "Denoising"
+    p = model.process
+    assert (p.timesteps, p.schedule, p.prediction, p.variance) == (1000, "linear", "eps", "fixedlarge")
+    assert float(p.betas[0]) == pytest.approx(1e-4) and float(p.betas[-1]) == pytest.approx(0.02)
+    assert model.layout == {"channel_mult": [1, 2, 2, 2], "attention_resolutions": [16]} and model.net.channels == 128
+    assert sum(q.numel() for q in model.net.parameters()) == pytest.approx(35.7e6, rel=0.01)  # the paper's 35.7M
+    assert [m.p for m in model.net.modules() if isinstance(m, nn.Dropout)][0] == 0.1
+    check_optimizer(optimizers["main"], {"cls": torch.optim.Adam, "lr": 2e-4})
+    t = cfg.trainer
+    assert (t.warmup_steps, t.grad_clip, t.ema_decay, t.batch_size, t.max_steps) == (5000, 1.0, 0.9999, 128, 800000)
+    assert model.sampler.name == "ddpm" and cfg.eval.split == "train"
+
+
+def test_fashion_ddpm_samples_with_ddim_100():
+    cfg, model, objective, optimizers = built("fashion_ddpm")
+    assert model.layout == {"channel_mult": [1, 2, 2], "attention_resolutions": [7]} and model.sampler.steps == 100
+    assert (cfg.trainer.warmup_steps, cfg.trainer.ema_decay, cfg.trainer.grad_clip) == (1000, 0.9999, 1.0)
+    assert list(cfg.eval.metrics) == ["fid10k", "nll1k"] and cfg.eval.every == 10000
 
 
 @pytest.mark.parametrize("preset", sorted(EXPECTED))
