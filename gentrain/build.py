@@ -82,10 +82,16 @@ def build_model(cfg: DictConfig) -> GenerativeModel:
     model = build(net, "model")
     if not isinstance(model, GenerativeModel):
         raise GentrainError(f"model={choice(cfg, 'model')} builds a {type(model).__name__}, not a gentrain model; check model._target_")
-    sampler = OmegaConf.select(cfg, "sampler", default=None)
+    sampler = sampler_choice(cfg)
     if sampler is not None:  # the sampler group (diffusion models); other models refuse a choice
-        model.set_sampler(OmegaConf.to_container(sampler, resolve=True))
+        model.set_sampler(sampler)
     return model
+
+
+def sampler_choice(cfg: DictConfig) -> Any:
+    """The ``sampler`` group's choice (``sampler=ddim sampler.steps=50``) as a dict; None when none is chosen."""
+    chosen = OmegaConf.select(cfg, "sampler", default=None)
+    return None if chosen is None else OmegaConf.to_container(chosen, resolve=True)
 
 
 def objective_class(target: str) -> type | None:

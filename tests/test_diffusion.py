@@ -25,7 +25,8 @@ from gentrain.models.diffusion import GaussianDiffusion, SamplerSpec, cosine_alp
 from gentrain.objectives.base import Batch
 from gentrain.shared import to_model_space
 from gentrain.tasks import evaluate, sample
-from gentrain.tasks.common import load_trained, sampler_choice
+from gentrain.build import sampler_choice
+from gentrain.tasks.common import load_trained
 from test_metrics import TinyExtractor
 from test_stop_resume import assert_same_state, records, without_timing
 

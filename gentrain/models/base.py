@@ -46,6 +46,9 @@ def check_labels(num_classes: int | None, data: DataSplit, dataset: str, uncondi
 class GenerativeModel(nn.Module):
     """Base of every gentrain model."""
 
+    #: Class-conditional models set the number of classes; None: unconditional.
+    num_classes: int | None = None
+
     def param_groups(self) -> dict[str, nn.Module]:
         """Phase name -> the module whose parameters that phase's optimizer updates."""
         raise NotImplementedError
@@ -77,6 +80,23 @@ class GenerativeModel(nn.Module):
         ``x`` is a fixed batch of real data in model space (for reconstructions, density plots ...). None by default.
         """
         return {}
+
+    def random_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """Uniform class labels [n] for conditional models, else None."""
+        if self.num_classes is None:
+            return None
+        return torch.randint(0, self.num_classes, (n,), device=self.device, generator=generator)
+
+    def grid_labels(self, n: int) -> tuple[Tensor, int]:
+        """The labels of a conditional sample grid of about ``n`` samples, one row per class, and the samples per row."""
+        assert self.num_classes is not None
+        per_class = max(1, n // self.num_classes)
+        return torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class), per_class
+
+    def path_labels(self, rows: int, steps: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """Labels of ``rows`` interpolation paths of ``steps`` points: one random class per path (None: unconditional)."""
+        y = self.random_labels(rows, generator)
+        return None if y is None else y.repeat_interleave(steps)
 
     def set_sampler(self, spec: Any) -> None:
         """Take the ``sampler`` config group's choice (``sampler=ddim sampler.steps=50``); models without sampler options refuse one."""
@@ -113,8 +133,6 @@ class AdversarialModel(GenerativeModel):
     :meth:`generate` and :meth:`discriminate`; auxiliary-classifier models return class logits.
     """
 
-    num_classes: int | None = None
-
     def __init__(self, generator: nn.Module, discriminator: nn.Module, z_dim: int, spectral_norm: bool = False, pack: int = 1) -> None:
         super().__init__()
         self.generator = generator
@@ -136,19 +154,11 @@ class AdversarialModel(GenerativeModel):
 
     def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor:
         z = interpolate_latents(self.noise(rows, generator=generator), self.noise(rows, generator=generator), steps, spherical)
-        y = self.random_labels(rows, generator)  # conditional models: one class per row
-        y = None if y is None else y.repeat_interleave(steps)
-        return self.generate(z.reshape(rows * steps, -1), y)
+        return self.generate(z.reshape(rows * steps, -1), self.path_labels(rows, steps, generator))
 
     def noise(self, n: int, device: torch.device | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Latent codes z ~ N(0, I), [n, z_dim]."""
         return torch.randn(n, self.z_dim, device=device or self.device, generator=generator)
-
-    def random_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
-        """Uniform class labels [n] for conditional models, else None."""
-        if self.num_classes is None:
-            return None
-        return torch.randint(0, self.num_classes, (n,), device=self.device, generator=generator)
 
     def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.generator(z)
@@ -186,8 +196,7 @@ class AdversarialModel(GenerativeModel):
     def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
         if self.num_classes is None:
             return self.sample(n, generator), None
-        per_class = max(1, n // self.num_classes)
-        y = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
+        y, per_class = self.grid_labels(n)
         return self.generate(self.noise(y.shape[0], generator=generator), y), per_class
 
     def check_data(self, data: DataSplit, dataset: str) -> None:

@@ -55,11 +55,17 @@ def cosine_alpha_bar(t: np.ndarray, timesteps: int, s: float = COSINE_S) -> np.n
     return f / (math.cos(s / (1 + s) * math.pi / 2) ** 2)
 
 
-def make_betas(schedule: str, timesteps: int) -> np.ndarray:
-    """``beta_1 .. beta_T`` (float64) of ``schedule``."""
+def check_process(prediction: str, schedule: str, timesteps: int) -> None:
+    """Refuse a process the objective's keys cannot describe (the objective and the model both check theirs here)."""
+    check_choice(prediction, PREDICTIONS, "objective.prediction", "eps")
     check_choice(schedule, SCHEDULES, "objective.schedule", "linear")
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 2:
         raise GentrainError(f"objective.timesteps must be an integer >= 2, got {timesteps!r}; e.g. objective.timesteps=1000")
+
+
+def make_betas(schedule: str, timesteps: int) -> np.ndarray:
+    """``beta_1 .. beta_T`` (float64) of ``schedule``."""
+    check_process("eps", schedule, timesteps)
     if schedule == "linear":
         scale = 1000.0 / timesteps
         return np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64).clip(max=0.999)
@@ -85,7 +91,7 @@ class GaussianDiffusion(nn.Module):
 
     def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps", variance: str = "fixedlarge") -> None:
         super().__init__()
-        check_choice(prediction, PREDICTIONS, "objective.prediction", "eps")
+        check_process(prediction, schedule, timesteps)
         check_choice(variance, VARIANCES, "model.variance", "fixedlarge")
         betas = make_betas(schedule, timesteps)
         self.timesteps, self.schedule, self.prediction, self.variance = timesteps, schedule, prediction, variance
@@ -106,6 +112,8 @@ class GaussianDiffusion(nn.Module):
         }
         for name, values in tables.items():
             self.register_buffer(name, torch.tensor(values, dtype=torch.float64), persistent=False)
+        #: abar as host floats: DDIM's per-step coefficients are Python scalars, read without a device sync
+        self.abar_host: list[float] = abar.tolist()
 
     def at(self, name: str, t: Tensor, like: Tensor) -> Tensor:
         """``table[t]`` shaped to broadcast against ``like`` ([B] -> [B, 1, ...]), in ``like``'s dtype."""
@@ -235,7 +243,7 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList(blocks))
                 skips.append(ch)
             if level < len(channel_mult) - 1:
-                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                self.down.append(nn.ModuleList([Downsample(ch)]))
                 skips.append(ch)
                 res //= 2
         self.mid = nn.ModuleList([ResBlock(ch, ch, emb, dropout), Attention(ch), ResBlock(ch, ch, emb, dropout)])
@@ -260,7 +268,7 @@ class UNet(nn.Module):
         hs = [h]
         for blocks in self.down:
             for block in blocks:
-                h = block(h, emb) if isinstance(block, (ResBlock, Attention)) else block(h)
+                h = block(h, emb)
             hs.append(h)
         for block in self.mid:
             h = block(h, emb)
@@ -269,6 +277,17 @@ class UNet(nn.Module):
             for block in blocks:
                 h = block(h, emb)
         return self.out(h)
+
+
+class Downsample(nn.Module):
+    """A stride-2 convolution (the embedding is not used; every block of the U-Net takes it)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(x)
 
 
 class Upsample(nn.Module):
@@ -416,11 +435,6 @@ class DiffusionModel(LikelihoodModel):
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, *self.shape, device=self.device, generator=generator)
 
-    def random_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
-        if self.num_classes is None:
-            return None
-        return torch.randint(0, self.num_classes, (n,), device=self.device, generator=generator)
-
     @torch.no_grad()
     def run_sampler(
         self, x: Tensor, y: Tensor | None = None, sampler: SamplerSpec | None = None, generator: torch.Generator | None = None,
@@ -451,8 +465,8 @@ class DiffusionModel(LikelihoodModel):
     def _ddim_step(self, x: Tensor, x0: Tensor, eps: Tensor, t: int, prev: int | None, eta: float, generator: torch.Generator | None) -> Tensor:
         """Song et al. (2021) eq. 12 from step ``t`` to ``prev`` (None: to x_0, abar = 1)."""
         p = self.process
-        a_t = float(p.abar[t])
-        a_prev = float(p.abar[prev]) if prev is not None else 1.0
+        a_t = p.abar_host[t]
+        a_prev = p.abar_host[prev] if prev is not None else 1.0
         sigma = eta * math.sqrt(max(0.0, (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)))
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(0.0, 1 - a_prev - sigma**2)) * eps
         return x + sigma * self._randn(x, generator) if sigma > 0 else x
@@ -466,7 +480,7 @@ class DiffusionModel(LikelihoodModel):
         for t_now in seq:
             t = torch.full((x.shape[0],), t_now, device=x.device, dtype=torch.long)
             _, eps = self.denoise(x, t, y, self.sampler.guidance)
-            a_t = float(p.abar[t_now])
+            a_t = p.abar_host[t_now]
             x0_hat = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
             x, a_prev = math.sqrt(a_t) * x0_hat + math.sqrt(1 - a_t) * eps, a_t
         return x
@@ -492,8 +506,7 @@ class DiffusionModel(LikelihoodModel):
     def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
         if self.num_classes is None:
             return self.sample(n, generator), None
-        per_class = max(1, n // self.num_classes)
-        y = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
+        y, per_class = self.grid_labels(n)
         return self._finish(self.run_sampler(self.noise(y.shape[0], generator), y, generator=generator)[0]), per_class
 
     def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor | None:
@@ -502,8 +515,7 @@ class DiffusionModel(LikelihoodModel):
             return None
         z0, z1 = self.noise(rows, generator).flatten(1), self.noise(rows, generator).flatten(1)
         z = interpolate_latents(z0, z1, steps, spherical).reshape(rows * steps, *self.shape)
-        y = self.random_labels(rows, generator)
-        y = None if y is None else y.repeat_interleave(steps)
+        y = self.path_labels(rows, steps, generator)
         ddim = SamplerSpec("ddim", self.sampler.steps if self.sampler.name == "ddim" else 50, 0.0, self.sampler.guidance)
         return self._finish(self.run_sampler(z, y, ddim)[0])
 
@@ -657,5 +669,5 @@ def unet_layout(shape: Sequence[int], channel_mult: Sequence[int] | None, attent
 
 __all__ = [
     "DDPM", "GaussianDiffusion", "DiffusionModel", "MLPDenoiser", "SamplerSpec", "UNet", "cosine_alpha_bar", "log_interval_probability",
-    "make_betas", "normal_kl", "timestep_embedding", "unet_layout",
+    "check_process", "make_betas", "normal_kl", "timestep_embedding", "unet_layout",
 ]

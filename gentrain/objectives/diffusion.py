@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from gentrain.errors import GentrainError, check_choice
-from gentrain.models.diffusion import PREDICTIONS, SCHEDULES, DiffusionModel
+from gentrain.errors import GentrainError
+from gentrain.models.diffusion import DiffusionModel, check_process
 from gentrain.objectives.base import Batch, Objective, Phase, StepOutput
 
 
@@ -22,10 +22,7 @@ class Denoising(Objective):
     phases = (Phase("main"),)
 
     def __init__(self, prediction: str = "eps", schedule: str = "linear", timesteps: int = 1000) -> None:
-        check_choice(prediction, PREDICTIONS, "objective.prediction", "eps")
-        check_choice(schedule, SCHEDULES, "objective.schedule", "cosine")
-        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 2:
-            raise GentrainError(f"objective.timesteps must be an integer >= 2, got {timesteps!r}; e.g. objective.timesteps=1000")
+        check_process(prediction, schedule, timesteps)
         self.prediction, self.schedule, self.timesteps = prediction, schedule, timesteps
 
     def check_model(self, model, objective_name: str, model_name: str, fitting: list[str]) -> None:  # type: ignore[no-untyped-def]

@@ -72,12 +72,6 @@ def cfg_task_name(cfg: DictConfig) -> str:
     return {"evaluate": "eval"}.get(target.rsplit(".", 1)[-1], target.rsplit(".", 1)[-1])
 
 
-def sampler_choice(cfg: DictConfig) -> Any:
-    """The ``sampler`` group's choice on the command line (``sampler=ddim sampler.steps=50``), as a dict; None when not chosen."""
-    chosen = OmegaConf.select(cfg, "sampler", default=None)
-    return None if chosen is None else OmegaConf.to_container(chosen, resolve=True)
-
-
 def load_trained(
     spec: str, device: torch.device, use_ema: bool = True, sampler: Any = None,
 ) -> tuple[Path, dict[str, Any], GenerativeModel, EMA | None, Dataset]:

@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from gentrain.build import build, choice
+from gentrain.build import build, choice, sampler_choice
 from gentrain.config import CONFIG_DIR, EvalSettings, typed
 from gentrain.data.base import Dataset
 from gentrain.data.samples import ImageFiles, open_images
@@ -31,7 +31,7 @@ from gentrain.metrics.fidelity import Protocol, flat_values, parse_protocol
 from gentrain.metrics.report import evaluation_markdown, evaluation_table, versions, write_json, write_text
 from gentrain.engine.device import device_name
 from gentrain.sampling import sampling_state
-from gentrain.tasks.common import load_trained, sampler_choice, make_evaluator, required, setup_device
+from gentrain.tasks.common import load_trained, make_evaluator, required, setup_device
 
 CKPT_EXAMPLE = "gentrain task=eval ckpt=outputs/<date>/<time>/checkpoints/last.pt, or samples=<folder of images | .npz> reference=<dataset | folder | .npz>"
 

@@ -10,11 +10,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from gentrain.build import sampler_choice
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import to_uint8
 from gentrain.config import EvalSettings, typed
 from gentrain.sampling import sample_batches, sampling_state
-from gentrain.tasks.common import load_trained, sampler_choice, required, setup_device
+from gentrain.tasks.common import load_trained, required, setup_device
 from gentrain.visual import sample_picture, save_png
 
 
