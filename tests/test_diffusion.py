@@ -204,6 +204,7 @@ REFUSED = {
         ["model=ddpm", "model.num_classes=10", "model.cond_drop=0", "sampler.guidance=2", *SMALL], "which model.cond_drop=0 never trained",
     ),
     "channel_mult-too-deep": (["model=ddpm", "model.channel_mult=[1,2,2,2,2]", *SMALL], "halves the image 4 times and 8x8 does not divide by 16"),
+    "num_res_blocks-negative": (["model=ddpm", *SMALL, "model.num_res_blocks=-1"], "model.num_res_blocks must be an integer >= 0"),
     "attention-missing-resolution": (
         ["model=ddpm", "model.attention_resolutions=[16]", *SMALL], "model.attention_resolutions=[16] names [16], which the U-Net does not have (its resolutions: [8, 4])",
     ),

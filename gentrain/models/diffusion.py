@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.data.base import DataSplit
-from gentrain.errors import GentrainError, check_choice
+from gentrain.errors import GentrainError, check_choice, check_int
 from gentrain.models.base import check_labels, interpolate_latents
 from gentrain.models.likelihood import LikelihoodModel, check_levels, from_levels, to_levels
 
@@ -617,15 +617,13 @@ class DDPM(DiffusionModel):
             raise GentrainError(f"model.num_classes must be a positive integer or null, got {num_classes!r}; e.g. model.num_classes=${{dataset.num_classes}}")
         if len(shape) == 3:
             mult, attention = unet_layout(shape, channel_mult, attention_resolutions)
-            if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-                raise GentrainError(f"model.channels must be a positive integer, got {channels!r}; e.g. model.channels=64")
-            net: nn.Module = UNet(shape, channels, mult, attention, int(num_res_blocks), float(dropout), num_classes)
+            channels = check_int(channels, "model.channels", 1, example=64)
+            num_res_blocks = check_int(num_res_blocks, "model.num_res_blocks", 0, example=2)
+            net: nn.Module = UNet(shape, channels, mult, attention, num_res_blocks, float(dropout), num_classes)
             self_layout = {"channel_mult": mult, "attention_resolutions": attention}
         elif len(shape) == 1:
-            for key, value, least in (("hidden", hidden, 1), ("blocks", blocks, 0)):
-                if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                    raise GentrainError(f"model.{key} must be an integer >= {least}, got {value!r}; e.g. model.{key}={256 if key == 'hidden' else 4}")
-            net = MLPDenoiser(shape[0], int(hidden), int(blocks), float(dropout), num_classes)
+            hidden, blocks = check_int(hidden, "model.hidden", 1, example=256), check_int(blocks, "model.blocks", 0, example=4)
+            net = MLPDenoiser(shape[0], hidden, blocks, float(dropout), num_classes)
             self_layout = {}
         else:
             raise GentrainError(f"model=ddpm takes images [C, H, W] or vectors [D], got dataset.shape={list(shape)}")
