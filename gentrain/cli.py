@@ -195,14 +195,23 @@ def _resume_in_place(argv: list[str]) -> list[str]:
     return argv
 
 
-def _stop_outside_training(signum: int, frame: Any) -> None:
-    """SIGTERM before or after training (setup, reports): one line and exit 143; during training the trainer handles it."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the shell ignores SIGINT (`gentrain ... &`)
-    signal.signal(signal.SIGTERM, _stop_outside_training)
+    from gentrain.engine.signals import exit_now, stop_signal
+
+    try:
+        _main()
+    except SystemExit as e:
+        if stop_signal() is not None and e.code in (130, 143):  # stopped: exit with the stop handlers still in place
+            exit_now(e.code)
+        raise
+
+
+def _main() -> None:
+    from gentrain.engine.signals import install_process_handlers
+
+    # SIGINT/SIGTERM before or after training (setup, reports): one line and exit 128 + signal; during training the
+    # trainer handles them; once a stop is under way, further ones print one line (also where the shell ignores SIGINT)
+    install_process_handlers()
     if "--version" in sys.argv[1:]:  # gentrain's version, not Hydra's
         from gentrain.help import version_line
 

@@ -289,3 +289,65 @@ def test_examples_per_second_count_every_batch_a_step_consumes(train_run):
     _, report = train_run(tiny_overrides("gan_mlp", "ring8", steps=4, extra=["objective.d_steps=3"]))
     r = report["run"]
     assert r["batches_per_step"] == 4 and r["examples_per_s"] == pytest.approx(r["steps_per_s"] * 16 * 4)
+
+
+HOLD_AT_EXIT = '''
+import atexit, os, time
+from pathlib import Path
+
+def _hold():  # registered first, so it runs after gentrain's exit functions: the last work before the process ends
+    marker = Path(os.environ["GENTRAIN_TEST_HOLD"])
+    marker.write_text("exiting")
+    deadline = time.monotonic() + 20
+    while not marker.with_name("go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+atexit.register(_hold)
+'''
+
+
+def test_signals_after_a_stop_print_one_line_each_until_the_process_exits_with_130(tmp_path):
+    """Ctrl-C, then more SIGINT/SIGTERM while the stopped CLI run is exiting: one line each, exit 130, no traceback.
+
+    A ``sitecustomize`` holds the process in its last exit function until the test has sent the later signals,
+    so the window in which they arrive is certain (it used to be the interpreter's teardown: killed by SIGINT, status -2).
+    """
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    gentrain = shutil.which("gentrain", path=str(Path(sys.executable).parent))
+    if gentrain is None:
+        pytest.skip("the gentrain console script is not installed (pip install -e .)")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(HOLD_AT_EXIT)
+    hold = tmp_path / "hold"
+    env = {**os.environ, "GENTRAIN_DATA": str(tmp_path / "data"), "GENTRAIN_TEST_HOLD": str(hold), "COLUMNS": "200",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    run_dir = tmp_path / "run"
+    args = [a for a in tiny_overrides("gan_mlp", "moons", steps=1_000_000) if not a.startswith("logger.samples_every")]
+    proc = subprocess.Popen([gentrain, *args, "logger.samples_every=0", "trainer.ckpt_every=0", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        while not hold.exists():  # the run stopped and is ending
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        for second in (signal.SIGINT, signal.SIGTERM):
+            proc.send_signal(second)
+            time.sleep(0.3)
+        (tmp_path / "go").write_text("")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in out + err, err
+    assert (out + err).count("SIGINT: stopping at the end of this step") == 1
+    assert err.count("SIGINT: already stopping") == 1 and err.count("SIGTERM: already stopping") == 1, err
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] > 0
