@@ -227,6 +227,44 @@ def test_a_new_run_never_writes_into_another_runs_directory(tmp_path):
     assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_a_directory_whose_run_was_killed_before_its_first_checkpoint_is_taken_by_a_new_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run(tiny_overrides("gan_mlp", "moons", steps=2, extra=["trainer.ckpt_every=0"]), run_dir)
+    # what a SIGKILL during the first checkpoint write leaves: logs up to then, no checkpoint, the write's empty temporary
+    (run_dir / "checkpoints" / "last.pt").unlink()
+    (run_dir / "report.json").unlink()
+    (run_dir / "report.md").unlink(missing_ok=True)
+    stale = run_dir / "checkpoints" / f".last.pt.tmp-{_dead_pid()}"
+    stale.write_bytes(b"")
+    console = quiet_console()
+    report = run(tiny_overrides("gan_mlp", "moons", steps=3, extra=["trainer.ckpt_every=0"]), run_dir, console)
+    assert report["run"]["steps"] == 3 and not (tmp_path / "run_1").exists()
+    assert "killed before its first checkpoint" in " ".join(console.file.getvalue().split())
+    assert not stale.exists() and [r["step"] for r in records(run_dir)] == [2, 3]  # the new run's lines only
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    assert (run_dir / "gentrain.log").read_text().count("completed at step") == 2  # the old log is kept, the new one follows
+
+
+def test_a_new_run_removes_dead_temporaries_from_a_run_it_must_not_take(tmp_path):
+    run_dir = tmp_path / "run"
+    run(tiny_overrides("gan_mlp", "moons", steps=2), run_dir)
+    stale, live = run_dir / "checkpoints" / f".last.pt.tmp-{_dead_pid()}", run_dir / "checkpoints" / f".last.pt.tmp-{os.getpid()}"
+    stale.write_bytes(b"")
+    live.write_bytes(b"")  # a process that is alive may still be writing it
+    claimed, note = RunDirectory.claim(run_dir, resume_in_place=False)
+    claimed.release()
+    assert claimed.path == tmp_path / "run_1" and "holds another run's outputs" in note
+    assert not stale.exists() and live.exists() and (run_dir / "checkpoints" / "last.pt").is_file()
+
+
 def test_the_run_log_is_written_and_stale_temporaries_are_removed(tmp_path):
     run_dir = tmp_path / "run"
     run(tiny_overrides("gan_mlp", "moons", steps=2), run_dir)

@@ -6,7 +6,10 @@ get the same name. :meth:`RunDirectory.claim` takes an exclusive lock on ``<dir>
 never leaves a stale lock) and writes the owner's pid into it for messages. A new run that finds
 the directory locked by a live run, or holding another run's outputs, moves to the first free
 ``<dir>_1``, ``<dir>_2`` ... and says so in one line; a resume in place refuses a directory that a
-live run holds.
+live run holds. A directory whose run was killed before its first checkpoint holds nothing to
+resume: a new run takes it over (the dead run's partial logs and temporaries go, its
+``gentrain.log`` stays and the new run's follows), also saying so in one line. Temporary files of a
+checkpoint write whose process is dead are removed from every directory a new run looks at.
 
 Once the directory is owned, :meth:`RunDirectory.open` writes what Hydra would have written
 before the task ran (``.hydra/config.yaml``, ``overrides.yaml``, ``hydra.yaml``; gentrain sets
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -83,6 +87,12 @@ class RunDirectory:
             candidate, n, reason = requested, 0, None
             while True:
                 fd, owner = _try_lock(candidate)
+                if fd is not None:  # no live run holds it: what a killed one left can go
+                    _remove_dead_temporaries(candidate)
+                    if n == 0 and _holds_a_run(candidate) and _killed_before_a_checkpoint(candidate):
+                        _clear_remains(candidate)
+                        reason = "held only the remains of a run killed before its first checkpoint (nothing to resume)"
+                        return cls(candidate, fd), f"{requested} {reason}; this run starts over there (the old log stays in {LOG_NAME})"
                 if fd is not None and not _holds_a_run(candidate):
                     break
                 if fd is None:
@@ -168,6 +178,45 @@ def trim_metrics(path: Path, step: int, drop_eval_at_step: bool) -> int:
 
 def _holds_a_run(path: Path) -> bool:
     return any((path / name).exists() for name in RUN_FILES)
+
+
+def _is_temporary(name: str) -> bool:
+    """An atomic write's temporary (``.last.pt.tmp-<pid>``, ``*.tmp``), never a finished file."""
+    return ".tmp-" in name or name.endswith(".tmp")
+
+
+def _killed_before_a_checkpoint(path: Path) -> bool:
+    """A gentrain run started here (its log exists) and ended with no checkpoint and no report: nothing to resume or keep."""
+    checkpoints = path / "checkpoints"
+    written = checkpoints.is_dir() and any(not _is_temporary(p.name) for p in checkpoints.iterdir())
+    return (path / LOG_NAME).is_file() and not written and not (path / "report.json").exists()
+
+
+def _clear_remains(path: Path) -> None:
+    """Remove what a run killed before its first checkpoint wrote (its log stays): the new run's files never mix with them."""
+    for p in [*(path / name for name in RUN_FILES), path / "samples", *path.glob("events.out.tfevents.*")]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Remove ``checkpoints/.<name>.tmp-<pid>`` files whose writing process no longer exists."""
+    for tmp in path.glob("checkpoints/.*.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists and belongs to someone else
+        return True
+    return True
 
 
 def _who(owner: dict[str, Any] | None) -> str:
