@@ -93,6 +93,22 @@ def test_an_optuna_sweep_of_three_trials_reports_the_best_value(tmp_path):
     assert all(5e-5 <= r["config"]["model"]["optimizer"]["G"]["lr"] <= 2e-3 for r in reports)  # the preset's search space
 
 
+@pytest.mark.skipif(not needs["optuna"], reason="hydra-optuna-sweeper is not installed (pip install gentrain[sweeps])")
+def test_a_study_stored_in_sqlite_grows_when_the_same_command_runs_again(tmp_path):
+    # the README's "longer, resumable study": optuna 2.x needs SQLAlchemy 1.4 (pyproject's sweeps extra pins it)
+    import optuna
+
+    args = ["-m", "hparams_search=toy_modes", *tiny_overrides("gan_mlp", "ring8", steps=2), "logger.samples_every=0", "logger=base",
+            "eval.metrics=[modes100]", "optimize=modes100_fair", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.study_name=toy"]
+    for session in ("first", "again"):  # each its own sweep folder: the default one is named by the clock's second
+        result = gentrain([*args, f"hydra.sweep.dir=multirun/{session}"], tmp_path)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert len({t.number for t in study.trials}) == 4
+
+
 @pytest.mark.skipif(not needs["joblib"], reason="hydra-joblib-launcher is not installed (pip install gentrain[sweeps])")
 def test_a_joblib_sweep_of_two_runs_completes(tmp_path):
     result = gentrain(["-m", "hydra/launcher=joblib", *tiny_overrides("gan_mlp", "ring8", steps=2), "seed=0,1", "device.threads=1"], tmp_path)
