@@ -47,6 +47,7 @@ class TrainerSettings:
     compile: bool = False  # torch.compile the per-phase loss computation
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs, for launch-bound small models) | max-autotune | max-autotune-no-cudagraphs
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no code generation, for checks)
+    deterministic: bool = False  # deterministic kernels while training (torch.use_deterministic_algorithms, cuDNN, cuBLAS workspace)
 
     at_least_one: ClassVar[frozenset[str]] = frozenset({"max_steps", "batch_size"})
 

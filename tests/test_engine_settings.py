@@ -139,3 +139,44 @@ def test_fused_optimizers_unless_the_config_says_otherwise():
     optimizers = build_optimizers(cfg, s.model, s.objective, fused=True)
     assert optimizers["G"].defaults["fused"] is True and optimizers["D"].defaults["fused"] is False
     assert build_optimizers(cfg, s.model, s.objective)["G"].defaults["fused"] is None  # off the GPU: torch's default
+
+
+def test_trainer_deterministic_turns_on_deterministic_kernels_for_the_run_and_restores_them(train_run, monkeypatch):
+    """A process-wide setting: on for the run's steps, pictures and evaluation, then back as the process had it."""
+    import os
+
+    from gentrain.objectives.adversarial import AdversarialObjective
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    original, seen = AdversarialObjective.step, []
+
+    def step(self, phase, model, batch):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        return original(self, phase, model, batch)
+
+    monkeypatch.setattr(AdversarialObjective, "step", step)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    run_dir, report = train_run(tiny_overrides("gan_mlp", "moons", steps=2, extra=["trainer.deterministic=true"]), "on")
+    assert seen and set(seen) == {(True, True, False, ":4096:8")}
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert report["device"]["deterministic"] is True and "deterministic kernels on" in (run_dir / "report.md").read_text()
+    seen.clear()
+    run_dir, report = train_run(tiny_overrides("gan_mlp", "moons", steps=2), "off")
+    assert {s[0] for s in seen} == {before[0]} and report["device"]["deterministic"] is False
+    assert "deterministic kernels off" in (run_dir / "report.md").read_text()
+
+
+def test_bad_trainer_deterministic_and_an_op_without_a_deterministic_kernel_are_one_line(train_run, monkeypatch):
+    with pytest.raises(GentrainError, match="trainer.deterministic") as e:
+        train_run(tiny_overrides("gan_mlp", "moons", extra=["trainer.deterministic=sometimes"]))
+    assert "\n" not in str(e.value)
+    from gentrain.objectives.adversarial import AdversarialObjective
+
+    def step(self, phase, model, batch):  # what torch raises for such an op (e.g. some CUDA scatter and upsampling backwards)
+        raise RuntimeError("scatter_add_cuda_kernel does not have a deterministic implementation, but you set 'torch.use_deterministic_algorithms(True)'.\nmore")
+
+    monkeypatch.setattr(AdversarialObjective, "step", step)
+    with pytest.raises(GentrainError, match="trainer.deterministic=true: scatter_add_cuda_kernel .*set trainer.deterministic=false") as e:
+        train_run(tiny_overrides("gan_mlp", "moons", steps=2, extra=["trainer.deterministic=true"]), "op")
+    assert "\n" not in str(e.value) and not torch.are_deterministic_algorithms_enabled()

@@ -40,6 +40,47 @@ def configure_backends(device: torch.device, tf32: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+#: cuBLAS needs a fixed workspace for reproducible matrix products (CUDA >= 10.2); a value the user set is kept.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """``trainer.deterministic``: deterministic kernels for the duration of the block, then the process's settings again.
+
+    On: ``torch.use_deterministic_algorithms(True)``, cuDNN deterministic with its autotuner off
+    (``benchmark`` picks kernels by timing, so two runs can differ), and ``CUBLAS_WORKSPACE_CONFIG``
+    set to ``:4096:8`` unless already set. An op with no deterministic kernel on this device is refused
+    with one line. The variable takes effect only if no CUDA matrix product ran before in the process
+    (the command line's runs start here). Off: nothing changes.
+    """
+    if not on:
+        yield
+        return
+    import os
+
+    saved = (
+        torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    except RuntimeError as e:
+        if "deterministic" not in str(e):
+            raise
+        first = str(e).strip().splitlines()[0]
+        raise GentrainError(f"trainer.deterministic=true: {first}; set trainer.deterministic=false for this model and device") from None
+    finally:
+        enabled, warn_only, cudnn_deterministic, benchmark, workspace = saved
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_deterministic, benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
 def check_precision(precision: str) -> str:
     return check_choice(precision, PRECISIONS, "device.precision", "bf16")
 

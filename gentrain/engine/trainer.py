@@ -29,7 +29,7 @@ from gentrain import __version__
 from gentrain.config import LoggerSettings, TrainerSettings
 from gentrain.engine import distributed
 from gentrain.engine.checkpoint import FORMAT, VERSION, rng_state, set_rng_state
-from gentrain.engine.device import autocast
+from gentrain.engine.device import autocast, deterministic_algorithms
 from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
 from gentrain.engine.hooks import (
@@ -302,7 +302,7 @@ class Trainer:
         train_time_before = self.train_time_s
         self.mark, self.paused = (time.perf_counter(), self.step), 0.0
         try:
-            with self.stop:
+            with self.stop, deterministic_algorithms(s.deterministic):  # trainer.deterministic: for the steps, pictures and evaluation
                 if self.pending:  # hooks the interrupted session skipped at its last step
                     RUN_LOG.info("running the %s of step %d that the stopped session skipped", " and ".join(self.pending), self.step)
                     self._run_deferred([h for h in self.hooks if h.name in self.pending], self.step >= s.max_steps)

@@ -58,6 +58,16 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
+def _determinism(device: dict[str, Any]) -> str:
+    """What the report says about ``trainer.deterministic`` (reports written before it existed say nothing)."""
+    if "deterministic" not in device:
+        return ""
+    if device["deterministic"]:
+        return "; deterministic kernels on (trainer.deterministic=true)"
+    autotuned = " and cuDNN autotuning" if device["type"] == "cuda" else ""
+    return f"; deterministic kernels off (trainer.deterministic=false: default kernels{autotuned})"
+
+
 def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
     run = report["run"]
     lines = [
@@ -77,7 +87,7 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
     if run.get("resumed_with_changes"):
         lines.append(f"| resumed with | {', '.join(run['resumed_with_changes'])} |")
     dev = report["device"]
-    lines.append(f"| device | {dev['type']} ({dev['name']}), precision {dev['precision']} |")
+    lines.append(f"| device | {dev['type']} ({dev['name']}), precision {dev['precision']}{_determinism(dev)} |")
     lines += ["", "## Final training metrics", "", f"Means over the last logging interval (up to {report['logger_every']} steps).", ""]
     lines += ["| metric | value |", "| --- | --- |"]
     for k, v in report["final"].items():

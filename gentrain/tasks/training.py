@@ -354,7 +354,7 @@ def make_report(
             "parameters": n_params,
             "resumed_with_changes": list(resume_changes or []),
         },
-        "device": {"type": device.type, "name": device_name(device), "precision": precision},
+        "device": {"type": device.type, "name": device_name(device), "precision": precision, "deterministic": ts.deterministic},
         "final": result.final,
         "metrics": flat_values(evaluation),
         "evaluation": [r.as_dict() for r in evaluation],
