@@ -52,8 +52,9 @@ def _app(cfg: DictConfig) -> float | None:
         distributed.shutdown()  # under torchrun: leave the process group cleanly
         return value(cfg, result)
     except GentrainError as e:
-        # one line, no traceback: the message names the fix
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        # one line, no traceback: the message names the fix (a stop under torchrun: rank 0 speaks for the job)
+        if not isinstance(e, Interrupted) or distributed.current().main:
+            print(f"error: {e}", file=sys.stderr, flush=True)
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(e, Interrupted):
             _record_failed_job(HydraConfig.get().job.num)  # the sweep goes on with its other jobs
             return float("nan")  # an optimising sweeper records a failed trial and goes on

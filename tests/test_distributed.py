@@ -256,3 +256,57 @@ def test_a_slurm_job_of_several_tasks_is_a_world(monkeypatch):
 def test_no_world_is_left_in_the_environment():
     """The test above leaves no torchrun variables behind (they would make every later run wait for its ranks)."""
     assert not {"WORLD_SIZE", "RANK", "MASTER_PORT"} & set(os.environ)
+
+
+def _long_torchrun(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
+    """A torchrun job of 2 CPU ranks that trains until stopped, in its own process group."""
+    args = [a for a in tiny_overrides("gan_mlp", "ring8", steps=1_000_000) if not a.startswith(("logger.every", "logger.samples_every"))]
+    args += ["logger.every=10", "logger.samples_every=0", "trainer.ckpt_every=0", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gentrain", *args]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ((run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(proc.communicate()[0][-3000:])
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_sigterm_to_the_torchrun_group_prints_the_stop_line_once(tmp_path):
+    """Every process of the group (torchrun and both ranks) gets SIGTERM, and torchrun forwards it too: rank 0 alone says so."""
+    proc = _long_torchrun(tmp_path, tmp_path / "run")
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert out.count("SIGTERM: stopping at the end of this step") == 1, out[-3000:]
+    assert out.count("error: stopped by SIGTERM") == 1, out[-3000:]
+    assert out.count("held in memory as one tensor") <= 1  # information lines: rank 0's only
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads torchrun's workers from /proc (Linux)")
+def test_a_rank_that_dies_is_named_in_rank_0s_log(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _long_torchrun(tmp_path, run_dir)
+    try:
+        ranks = {}
+        for child in Path("/proc").iterdir():  # torchrun's workers: its children, each with its RANK
+            try:
+                if child.name.isdigit() and int((child / "stat").read_text().rsplit(")", 1)[1].split()[1]) == proc.pid:
+                    env = (child / "environ").read_bytes().split(b"\0")
+                    ranks.update({int(e.split(b"=")[1]): int(child.name) for e in env if e.startswith(b"RANK=")})
+            except OSError:
+                continue
+        os.kill(ranks[1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (run_dir / "gentrain.log").read_text()
+    assert "rank 1 of 2 failed or was stopped" in log, log[-2000:]
+    assert "error: rank 1 of 2 failed" in out

@@ -15,12 +15,21 @@ unsupported) break its one-forward-one-backward assumption. An explicit all-redu
 every objective, unused parameters included (their gradient counts as zero on every rank). Buffers
 (batch-norm running statistics) follow rank 0's after every step, as DDP's ``broadcast_buffers``
 does; ``model.sync_batchnorm=true`` computes the batch statistics over all ranks instead.
+
+When a rank dies, the others learn it from a collective that fails (gloo: the connection is reset;
+NCCL: an error or the timeout). :func:`rank_failures` turns that into one line in rank 0's
+``gentrain.log`` and on the terminal, naming the rank where it can be known: torchrun's other
+workers on this node are this process's siblings, so a local rank whose process is gone is named.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +38,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from gentrain.engine import signals
 from gentrain.errors import GentrainError
 
 
@@ -89,7 +99,65 @@ def init(world: World, device: torch.device) -> torch.device:
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+    if not world.main:  # rank 0 prints the job's information lines; the other ranks print only warnings and errors
+        logging.getLogger("gentrain").setLevel(logging.WARNING)
     return device
+
+
+def _gone_local_ranks(world: World) -> list[int] | None:
+    """The ranks on this node whose process has ended (torchrun's workers are siblings), or None where that cannot be read."""
+    try:
+        local_size = int(os.environ["LOCAL_WORLD_SIZE"])
+        first = world.rank - world.local_rank
+        parent = os.getppid()
+        alive = set()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                stat = (proc / "stat").read_text()
+                state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+                if int(ppid) != parent or state == "Z":  # a zombie has died and not yet been collected
+                    continue
+                env = dict(item.split("=", 1) for item in (proc / "environ").read_text(errors="replace").split("\0") if "=" in item)
+                alive.add(int(env["RANK"]))
+            except (OSError, ValueError, KeyError, IndexError):
+                continue
+    except (KeyError, ValueError, OSError):
+        return None
+    alive.add(world.rank)
+    return [r for r in range(first, first + local_size) if r not in alive]
+
+
+def _from_collective(e: BaseException) -> bool:
+    """Raised inside torch.distributed (a collective or the process group), not by the training code."""
+    tb = e.__traceback__
+    while tb is not None:
+        if f"torch{os.sep}distributed{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return isinstance(e, getattr(dist, "DistError", ()))
+
+
+@contextlib.contextmanager
+def rank_failures(world: World) -> Iterator[None]:
+    """A collective that fails because another rank died becomes one line (a GentrainError: rank 0 logs and prints it) naming the rank.
+
+    torchrun sends the surviving ranks SIGTERM soon after; from the failure on, a signal changes nothing, so the line reaches the log.
+    """
+    try:
+        yield
+    except RuntimeError as e:
+        if not world.active or not _from_collective(e):
+            raise
+        gone = _gone_local_ranks(world)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        who = (f"rank {', '.join(map(str, gone))} of {world.size} failed or was stopped (its process has ended)" if gone
+               else f"another rank of the {world.size} stopped or failed")
+        message = (f"{who}; rank {world.rank} stops too (the process group reported: {first[:300]}); "
+                   "torchrun's summary names the failed rank, and trainer.resume continues from the last checkpoint")
+        signals.ending()
+        raise GentrainError(message) from None
 
 
 def shutdown() -> None:
@@ -181,5 +249,5 @@ def barrier(world: World) -> None:
 
 __all__ = [
     "World", "any_rank", "average_gradients", "barrier", "broadcast_state", "current", "from_env", "gather_objects", "gather_rows",
-    "init", "mean_over_ranks", "shutdown",
+    "init", "mean_over_ranks", "rank_failures", "shutdown",
 ]

@@ -44,6 +44,7 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.csv", "mlruns", "wandb", "
 #: The logger of a run's events (start, log intervals, evaluations, checkpoints, stops): written to gentrain.log.
 RUN_LOG = logging.getLogger("gentrain.run")
 RUN_LOG.propagate = False  # the terminal shows these through rich already
+RUN_LOG.addHandler(logging.NullHandler())  # until a run directory opens: never logging's stderr fallback (ranks > 0 open none)
 
 
 def writable_error(path: Path) -> str | None:

@@ -32,6 +32,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: The first SIGINT/SIGTERM this process received (in training or out of it); None while none has come.
 _first_signal: int | None = None
+#: The process is ending on its own (an error it reports): signals from now on change nothing either.
+_ending = False
 
 
 def stop_signal() -> int | None:
@@ -43,11 +45,18 @@ def _outside_training(signum: int, frame: FrameType | None) -> None:
     """Before or after training: the first signal unwinds (the CLI prints one line and exits 128 + signal); later ones wait."""
     global _first_signal
     name = signal.Signals(signum).name
-    if _first_signal is not None:
-        print(f"{name}: already stopping; the run exits when it is safe", file=sys.stderr, flush=True)
+    if _first_signal is not None or _ending:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the signal; rank 0 speaks for the job
+            print(f"{name}: already stopping; the run exits when it is safe", file=sys.stderr, flush=True)
         return
     _first_signal = signum
     raise KeyboardInterrupt(name)
+
+
+def ending() -> None:
+    """The process ends on its own from here (an error it is reporting): further SIGINT/SIGTERM print one line and change nothing."""
+    global _ending
+    _ending = True
 
 
 def install_process_handlers() -> None:
@@ -119,4 +128,4 @@ class StopRequest:
             raise HookAborted
 
 
-__all__ = ["HookAborted", "StopRequest", "exit_now", "install_process_handlers", "stop_signal"]
+__all__ = ["HookAborted", "StopRequest", "ending", "exit_now", "install_process_handlers", "stop_signal"]

@@ -302,7 +302,8 @@ class Trainer:
         train_time_before = self.train_time_s
         self.mark, self.paused = (time.perf_counter(), self.step), 0.0
         try:
-            with self.stop, deterministic_algorithms(s.deterministic):  # trainer.deterministic: for the steps, pictures and evaluation
+            # trainer.deterministic: for the steps, pictures and evaluation; under torchrun a rank that dies is named in one line
+            with self.stop, deterministic_algorithms(s.deterministic), distributed.rank_failures(self.world):
                 if self.pending:  # hooks the interrupted session skipped at its last step
                     RUN_LOG.info("running the %s of step %d that the stopped session skipped", " and ".join(self.pending), self.step)
                     self._run_deferred([h for h in self.hooks if h.name in self.pending], self.step >= s.max_steps)
