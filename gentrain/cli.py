@@ -197,12 +197,12 @@ def _resume_in_place(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    from gentrain.engine.signals import exit_now, stop_signal
+    from gentrain.engine.signals import exit_now, stopping
 
     try:
         _main()
     except SystemExit as e:
-        if stop_signal() is not None and e.code in (130, 143):  # stopped: exit with the stop handlers still in place
+        if stopping() and isinstance(e.code, int):  # stopped (or a rank died): exit with the stop handlers still in place
             exit_now(e.code)
         raise
 

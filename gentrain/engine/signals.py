@@ -41,6 +41,11 @@ def stop_signal() -> int | None:
     return _first_signal
 
 
+def stopping() -> bool:
+    """A stop signal came, or the process is ending on an error it reports (see :func:`ending`)."""
+    return _first_signal is not None or _ending
+
+
 def _outside_training(signum: int, frame: FrameType | None) -> None:
     """Before or after training: the first signal unwinds (the CLI prints one line and exits 128 + signal); later ones wait."""
     global _first_signal
@@ -128,4 +133,4 @@ class StopRequest:
             raise HookAborted
 
 
-__all__ = ["HookAborted", "StopRequest", "ending", "exit_now", "install_process_handlers", "stop_signal"]
+__all__ = ["HookAborted", "StopRequest", "ending", "exit_now", "install_process_handlers", "stop_signal", "stopping"]
