@@ -63,7 +63,8 @@ def _determinism(device: dict[str, Any]) -> str:
     if "deterministic" not in device:
         return ""
     if device["deterministic"]:
-        return "; deterministic kernels on (trainer.deterministic=true)"
+        return ("; deterministic kernels on (trainer.deterministic=true: torch.use_deterministic_algorithms, cuDNN deterministic "
+                "without autotuning, CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set)")
     autotuned = " and cuDNN autotuning" if device["type"] == "cuda" else ""
     return f"; deterministic kernels off (trainer.deterministic=false: default kernels{autotuned})"
 
