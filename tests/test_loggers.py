@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,14 @@ def assert_same(scalars: dict[tuple[str, int], float], expected: dict[tuple[str,
         assert scalars[key] == pytest.approx(value, rel=1e-6, nan_ok=True), (backend, key)
 
 
-def test_every_backend_records_the_same_scalars_params_and_pictures(run_dir):
+def test_every_backend_records_the_same_scalars_params_and_pictures(run_dir, monkeypatch):
     expected = expected_scalars(run_dir)
     assert {s for _, s in expected} == {2, 3, 4, 6} and ("eval/modes100_fair", 3) in expected and ("train/G/loss", 6) in expected
     params = csv_params(run_dir)
     assert params["model"] == "gan_mlp" and params["trainer.max_steps"] == "6" and params["model.g_widths"] == "[16, 32]"
+    # the whole resolved config, as the TensorBoard text has it: device, evaluation and logger settings too
+    assert params["seed"] == "0" and params["device.type"] == "cpu" and params["eval.every"] == "3" and params["eval.metrics"] == '["modes100"]'
+    assert params["logger.every"] == "2" and params["logger.wandb.mode"] == "offline" and "logger.mlflow.tracking_uri" not in params  # null
     pictures = sorted(p.name for p in (run_dir / "samples").glob("*.png"))
     assert pictures == ["step_000003.png", "step_000006.png"]
 
@@ -91,6 +95,14 @@ def test_every_backend_records_the_same_scalars_params_and_pictures(run_dir):
     assert_same(history, expected, "mlflow")
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples")) == [f"samples/{p}" for p in pictures]
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.md", "samples"]
+    # the README's readers need pandas (the loggers extra has it): mlflow.search_runs and the CSV pivot
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (run_dir / "mlruns").as_uri())
+    frame = mlflow.search_runs(experiment_names=["gentrain"])
+    assert list(frame["run_id"]) == [run.info.run_id] and frame["params.device.type"][0] == "cpu"
+    import pandas as pd
+
+    wide = pd.read_csv(run_dir / "metrics.csv").pivot_table(index="step", columns="key", values="value")
+    assert list(wide.index) == [2, 3, 4, 6] and wide.loc[6, "train/G/loss"] == pytest.approx(expected[("train/G/loss", 6)])
 
     # W&B offline: its own reader of the run's transaction log (wandb leet inspect)
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
@@ -147,9 +159,73 @@ def test_a_resume_continues_the_mlflow_and_wandb_runs(tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/G/loss")] == [2, 4]
     assert run.data.params["trainer.max_steps"] == "2" and run.data.tags["resumed.trainer.max_steps"] == "4"  # params are immutable
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2 and len({p.name.rsplit("-", 1)[1] for p in offline}) == 1  # one W&B run id: wandb sync joins them
+    # one W&B run id, read from each session's own record (a folder started in the same second as another ends in -1)
+    ids = {wandb_records(p, "--summary")["run_id"] for p in offline}
+    assert len(offline) == 2 and ids == {(run_dir / "wandb_run_id").read_text().strip()}  # wandb sync joins them
     with open(run_dir / "metrics.csv", newline="") as f:
         assert sorted({int(r["step"]) for r in csv.DictReader(f)}) == [2, 4]
+
+
+#: A gentrain session that SIGKILLs itself right after step KILL_AT's hooks (0: never), as a crash would.
+KILLED_SESSION = """
+import os, signal, sys
+from gentrain.engine.trainer import Trainer
+kill_at, after_step = int(sys.argv[1]), Trainer._after_step
+def _after_step(self, last):
+    after_step(self, last)
+    if self.step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+Trainer._after_step = _after_step
+from gentrain.cli import main
+sys.argv = ["gentrain", *sys.argv[2:]]
+main()
+"""
+
+
+def logged_pairs(run_dir: Path) -> dict[str, list[tuple[str, int]]]:
+    """Backend -> every (key, step) point it holds, duplicates kept, read with each library's own reader."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        out = {"csv": [(r["key"], int(r["step"])) for r in csv.DictReader(f)]}
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()  # applies the purge a resumed session's writer recorded
+    out["tensorboard"] = [(t, e.step) for t in acc.Tags()["scalars"] for e in acc.Scalars(t)] + [("samples", e.step) for e in acc.Images("samples")]
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    out["mlflow"] = [(k, m.step) for k in client.get_run(run_id).data.metrics for m in client.get_metric_history(run_id, k)]
+    out["wandb"] = []
+    for offline in sorted((run_dir / "wandb").glob("offline-run-*")):  # every session's file: what wandb sync uploads
+        for r in wandb_records(offline):
+            if r["type"] == "history":
+                step, item = r["history"]["step"]["num"], r["history"]["item"]
+                out["wandb"] += [(k, step) for k in item if not k.startswith("_") and "." not in k]
+                out["wandb"] += [("samples", step) for k, v in item.items() if k == "samples._type"]
+    return out
+
+
+def test_after_a_sigkill_and_a_resume_every_backend_holds_each_step_once(tmp_path, monkeypatch):
+    # checkpoint at 10, killed after step 15 (scalars at 12, 14, a picture at 15 logged past it), resumed to 20
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run_dir = tmp_path / "run"
+    args = [*tiny_overrides("gan_mlp", "ring8", steps=20), ALL, "logger.samples_every=5", "trainer.ckpt_every=10", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "GENTRAIN_DATA": str(tmp_path / "data")}
+    env.pop("WANDB_SERVICE", None)  # each session its own wandb service (not this process's, which outlives the killed one)
+    for kill_at, session in ((15, args), (0, [f"trainer.resume={run_dir}"])):
+        out = subprocess.run([sys.executable, "-c", KILLED_SESSION, str(kill_at), *session], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == (-9 if kill_at else 0), out.stderr[-2000:]
+        if kill_at:  # named as W&B names a second session started in the same second: the resume reads ids, not names
+            (killed,) = (run_dir / "wandb").glob("offline-run-*")
+            killed.rename(killed.with_name(killed.name + "-1"))
+    expected = set(expected_scalars(run_dir))
+    assert {s for _, s in expected} == {2, 4, 6, 8, 10, 12, 14, 16, 18, 20}
+    pictures = {("samples", s) for s in (5, 10, 15, 20)}
+    for backend, pairs in logged_pairs(run_dir).items():
+        counts = Counter(pairs)
+        assert not [p for p, n in counts.items() if n > 1], (backend, "duplicate steps")
+        want = expected | (pictures if backend in ("tensorboard", "wandb") else set())
+        assert set(counts) == want, (backend, "missing", sorted(want - set(counts))[:5], "extra", sorted(set(counts) - want)[:5])
 
 
 @pytest.mark.parametrize("backend,fix", [("mlflow", "pip install mlflow-skinny"), ("wandb", "pip install wandb")])

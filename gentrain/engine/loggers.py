@@ -9,7 +9,13 @@ Every backend implements the small :class:`Logger` protocol and receives the sam
 - the sample pictures (the PNG files of ``samples/``) with their step, and the config as text.
 
 :class:`Loggers` fans out to the chosen backends (rank 0 only); a backend that fails during the run
-is reported in one line and turned off, the run goes on. MLflow and W&B are imported only when chosen;
+is reported in one line and turned off, the run goes on. Every backend is flushed before each checkpoint write.
+
+A resume (after a stop or a SIGKILL) leaves each backend with every step once: TensorBoard and CSV drop what the
+stopped session wrote past the checkpoint; MLflow and W&B cannot delete points, so on resume they read which step of
+each key their store already has, skip those, and are fed the run's own record (``metrics.jsonl`` and the PNGs of
+``samples/``) up to the checkpoint for what the stopped session had not written (W&B's offline file keeps only what
+its service flushed, every 15 s, before the kill). MLflow and W&B are imported only when chosen;
 :func:`check_backends` refuses a missing one before the run writes anything. ``metrics.jsonl`` is the
 run's own record, written whatever the backends.
 """
@@ -23,6 +29,7 @@ import importlib
 import json
 import os
 import re
+import struct
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -67,10 +74,15 @@ class Logger(Protocol):
 
     def text(self, tag: str, text: str) -> None: ...
 
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Write what is buffered (called before every checkpoint write, so a kill loses nothing the checkpoint has)."""
 
     def finish(self, status: str) -> None:
         """``status``: FINISHED, FAILED (training raised) or KILLED (stopped by a signal; a resume may continue it)."""
+
+    #: True: the store keeps points it cannot delete; on resume the backend skips the (key, step) points it already
+    #: has and is fed the run's record up to the checkpoint (:meth:`Loggers.catch_up`) for the ones it lacks.
+    catches_up: bool
 
 
 def chosen(ls: LoggerSettings) -> list[str]:
@@ -116,6 +128,8 @@ def open_loggers(ls: LoggerSettings, run_dir: Path, start_step: int = 0, say: Ca
     loggers = Loggers(opened, say)
     if loggers:  # a process that ends before the run finishes them (a failed report write) ends them FAILED
         atexit.register(loggers.finish, "FAILED")
+    if start_step:
+        loggers.catch_up(run_dir, start_step)
     return loggers
 
 
@@ -131,8 +145,10 @@ class Loggers:
     def __bool__(self) -> bool:
         return bool(self.backends)
 
-    def _each(self, method: str, *args: Any) -> None:
+    def _each(self, method: str, *args: Any, catching_up: bool = False) -> None:
         for name, backend in list(self.backends.items()):
+            if catching_up and not backend.catches_up:
+                continue
             try:
                 getattr(backend, method)(*args)
             except Exception as e:
@@ -156,6 +172,34 @@ class Loggers:
     def flush(self) -> None:
         self._each("flush")
 
+    def catch_up(self, run_dir: Path, step: int) -> None:
+        """On resume at ``step``: the run's record up to it (``metrics.jsonl``, ``samples/*.png``) to the backends that
+        keep what they have (:attr:`Logger.catches_up`); each logs only the points it lacks."""
+        if not any(b.catches_up for b in self.backends.values()):
+            return
+        events: list[tuple[int, int, Any]] = []  # (step, order, what): the record in step order, pictures after the scalars
+        jsonl = run_dir / "metrics.jsonl"
+        for line in jsonl.read_text().splitlines() if jsonl.is_file() else []:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step and (values := record_scalars(record)):
+                events.append((record["step"], 0, values))
+        for path in sorted((run_dir / "samples").glob("*step_[0-9][0-9][0-9][0-9][0-9][0-9].png")):
+            name, _, at = path.stem.rpartition("step_")
+            if int(at) <= step:
+                events.append((int(at), 1, ("samples" if not name else f"pictures/{name.rstrip('_')}", path)))
+        for at, kind, what in sorted(events, key=lambda e: (e[0], e[1])):
+            if kind == 0:
+                self._each("scalars", what, at, catching_up=True)
+            else:
+                from PIL import Image
+
+                with Image.open(what[1]) as im:
+                    picture = np.asarray(im.convert("RGB"))
+                self._each("image", what[0], picture, at, what[1], catching_up=True)
+
     def finish(self, status: str = "FINISHED") -> None:
         """End every backend's run with ``status``; later calls do nothing."""
         self._each("finish", check_choice(status, STATUSES, "status", "FINISHED"))
@@ -173,6 +217,8 @@ class TensorBoardLogger:
     Scalars and images as logged; the config as text; at a finished run's end the HPARAMS tab's record: the
     parameters, with the run's own scalar series (``eval/*``, ``train/<phase>/*``) as its metrics, so no extra cards.
     """
+
+    catches_up = False  # purge_step drops on resume what a stopped session wrote past the checkpoint
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -225,6 +271,7 @@ class CsvLogger:
     """
 
     HEADER = ("step", "key", "value")
+    catches_up = False  # rows are flushed as written; on resume the rows past the checkpoint are dropped
 
     def __init__(self, run_dir: Path, start_step: int = 0) -> None:
         self.path = run_dir / "metrics.csv"
@@ -283,6 +330,7 @@ class MlflowLogger:
     """
 
     ID_FILE = "mlflow_run_id"
+    catches_up = True  # MLflow cannot delete metric points
 
     def __init__(self, run_dir: Path, tracking_uri: str | None, experiment: str) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -312,6 +360,7 @@ class MlflowLogger:
         else:
             experiment_id = found.experiment_id
         id_file = run_dir / self.ID_FILE
+        self.seen: dict[str, int] = {}  # key -> the last step the stored run has (a resumed run)
         self.run_id = self._resume(id_file.read_text().strip()) if id_file.is_file() else None
         if self.run_id is None:
             run = client.create_run(experiment_id, run_name=run_dir.name, tags={"gentrain.run_dir": str(run_dir.absolute())})
@@ -319,11 +368,12 @@ class MlflowLogger:
             id_file.write_text(self.run_id + "\n")
 
     def _resume(self, run_id: str) -> str | None:
-        """Continue the stored run when this tracking store has it."""
+        """Continue the stored run when this tracking store has it; note the last step it has of each key."""
         try:
-            self.client.get_run(run_id)
+            run = self.client.get_run(run_id)
         except Exception:
             return None
+        self.seen = {k: max((m.step for m in self.client.get_metric_history(run_id, k)), default=-1) for k in run.data.metrics}
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 
@@ -337,7 +387,9 @@ class MlflowLogger:
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         ms = int(time.time() * 1000)
-        metrics = [self._Metric(self._key(k), float(v), ms, int(step)) for k, v in values.items()]
+        keys = {self._key(k): v for k, v in values.items()}
+        # a resumed run: points the stopped session already stored stay as they are (no duplicate steps)
+        metrics = [self._Metric(k, float(v), ms, int(step)) for k, v in keys.items() if step > self.seen.get(k, -1)]
         for i in range(0, len(metrics), self.max_metrics):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + self.max_metrics], synchronous=True)
 
@@ -362,7 +414,7 @@ class MlflowLogger:
         self.client.log_text(self.run_id, text, f"{self._key(tag)}.md")
 
     def flush(self) -> None:
-        pass  # every call is written when it returns
+        pass  # every call is stored when it returns (log_batch synchronous)
 
     def finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
@@ -374,6 +426,7 @@ class WandbLogger:
     """
 
     ID_FILE = "wandb_run_id"
+    catches_up = True  # each session appends its own offline file; nothing can be taken back
 
     def __init__(self, run_dir: Path, mode: str, project: str, entity: str | None) -> None:
         import wandb
@@ -382,6 +435,8 @@ class WandbLogger:
         self.where = f"wandb/ ({mode}{'; upload with: wandb sync ' + str(run_dir / 'wandb') if mode == 'offline' else ''})"
         id_file = run_dir / self.ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else None
+        # key -> the last step the earlier sessions' offline files hold (online, W&B's resume drops steps below the run's)
+        self.seen = offline_steps(run_dir / "wandb", run_id) if run_id and mode == "offline" else {}
         quiet = {
             "silent": True,  # gentrain prints its own lines
             "console": "off",  # no capture of the terminal (gentrain.log has the run's log)
@@ -400,10 +455,13 @@ class WandbLogger:
             id_file.write_text(self.run.id + "\n")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        self.run.log({k: float(v) for k, v in values.items()}, step=step)
+        row = {k: float(v) for k, v in values.items() if step > self.seen.get(k, -1)}
+        if row:
+            self.run.log(row, step=step)
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
-        self.run.log({tag: self.wandb.Image(image_hwc)}, step=step)
+        if step > self.seen.get(tag, -1):
+            self.run.log({tag: self.wandb.Image(image_hwc)}, step=step)
 
     def params(self, params: dict[str, Any]) -> None:
         self.run.config.update({k: (v if isinstance(v, (int, float, str, bool)) else _text(v)) for k, v in params.items()}, allow_val_change=True)
@@ -412,10 +470,86 @@ class WandbLogger:
         pass  # the config is the run's W&B config (params)
 
     def flush(self) -> None:
-        pass  # wandb writes in its own service process
+        # wandb has no flush: its service writes the offline file every 15 s and at finish; what a kill loses there
+        # is logged again from the run's record on resume (catches_up)
+        pass
 
     def finish(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+#: The keys of a ``metrics.jsonl`` evaluation line that are not metric values.
+_EVAL_META = ("kind", "step", "splits", "eval_time_s", "results")
+
+
+def record_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The scalars the backends got for one ``metrics.jsonl`` line (written by the log and evaluation hooks)."""
+    if record.get("kind") == "train":
+        return {k: v for k, v in record.items() if k.startswith("train/") and isinstance(v, (int, float))}
+    if record.get("kind") == "eval":
+        return {f"eval/{k}": v for k, v in record.items() if k not in _EVAL_META and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {}
+
+
+#: W&B's transaction log (``run-<id>.wandb``): a 7-byte header, then LevelDB-log chunks in 32 KiB blocks.
+_WANDB_HEADER, _WANDB_BLOCK, _WANDB_CHUNK = 7, 32768, 7
+
+
+def offline_steps(wandb_dir: Path, run_id: str) -> dict[str, int]:
+    """Key -> the last step of it in the offline files of W&B run ``run_id`` under ``wandb_dir`` (a killed session's
+    file ends at its service's last flush; a torn last record is ignored).
+
+    A file belongs to the run by the id in its own run record, not by its folder's name (W&B appends ``-1`` ... to
+    ``offline-run-<time>-<id>`` when two sessions start in the same second)."""
+    from wandb.proto import wandb_internal_pb2
+
+    seen: dict[str, int] = {}
+    for path in wandb_dir.glob("offline-run-*/*.wandb"):
+        ours = False
+        for payload in _wandb_records(path.read_bytes()):
+            record = wandb_internal_pb2.Record()
+            try:
+                record.ParseFromString(payload)
+            except Exception:
+                break
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                ours = record.run.run_id == run_id
+            if kind != "history" or not ours:
+                continue
+            step = record.history.step.num
+            for item in record.history.item:
+                key = item.key or ".".join(item.nested_key[:1])  # an image is stored as <tag>.<field> items
+                if key and not key.startswith("_"):
+                    seen[key] = max(seen.get(key, -1), step)
+    return seen
+
+
+def _wandb_records(data: bytes) -> list[bytes]:
+    """The complete records of a LevelDB-log file (types 1 full, 2 first, 3 middle, 4 last), stopping at a torn one."""
+    out, parts, pos = [], b"", _WANDB_HEADER
+    if data[:4] != b":W&B":
+        return out
+    while pos + _WANDB_CHUNK <= len(data):
+        left = _WANDB_BLOCK - pos % _WANDB_BLOCK
+        if left < _WANDB_CHUNK:  # the block's tail is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + _WANDB_CHUNK])
+        pos += _WANDB_CHUNK
+        if kind not in (1, 2, 3, 4) or pos + length > len(data):
+            break
+        chunk, pos = data[pos : pos + length], pos + length
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            parts = chunk
+        elif kind == 3:
+            parts += chunk
+        else:
+            out.append(parts + chunk)
+            parts = b""
+    return out
 
 
 def _text(value: Any) -> str:

@@ -274,6 +274,7 @@ class Trainer:
         self._rank_rngs = distributed.gather_objects(rng_state(), self.world) if self.world.active else None
         path = self.run_dir / "checkpoints" / "last.pt"
         if self.world.main:
+            self.loggers.flush()  # first: a kill after this write must not lose what the backends buffered up to it
             atomic_save(self.state_dict(), path)
             RUN_LOG.info("checkpoint at step %d: %s", self.step, path)
         self._saved_step = self.step

@@ -306,12 +306,11 @@ def _train(
 
 
 def hparam_view(choices: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
-    """Group choices and the scalar settings of model, objective, trainer and dataset, flattened."""
+    """Group choices and the whole resolved config (``seed``, ``model.*`` ... ``device.*``, ``eval.*``, ``logger.*``), flattened."""
     params: dict[str, Any] = {g: choices.get(g) for g in GROUPS}
-    for group in ("model", "objective", "trainer", "dataset"):
-        for k, v in flatten(resolved.get(group, {}), f"{group}.").items():
-            if not k.endswith("_target_") and not k.endswith("_partial_") and v is not None:
-                params[k] = v
+    for k, v in flatten(resolved).items():
+        if not k.endswith("_target_") and not k.endswith("_partial_") and v is not None:
+            params[k] = v
     return params
 
 
