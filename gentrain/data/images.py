@@ -294,7 +294,8 @@ class CIFAR10(Dataset):
 
     Reads the "python version" batches ``root/cifar-10-batches-py/{data_batch_1..5,test_batch}``:
     pickled dicts with ``b"data"`` uint8 ``[N, 3072]`` (R, G, B planes of 32x32) and
-    ``b"labels"``. Unpickling can run code, so only point ``root`` at files you trust. The YAML
+    ``b"labels"``, read by a restricted unpickler that admits only NumPy arrays, dicts, lists, strings and numbers
+    (a crafted batch that would run code is refused with one line before any of it runs). The YAML
     holds out 5,000 of the 50,000 training images as "val".
 
     Args:
@@ -349,13 +350,43 @@ class CIFAR10(Dataset):
                                    extra=" (it unpacks to cifar-10-batches-py)") from e
 
 
+class _RefusedGlobal(Exception):
+    """A pickle names a callable the restricted unpickler does not admit (the message is its dotted name)."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10 python batches hold: dicts, lists, str/bytes, ints and NumPy arrays.
+
+    A pickle can call any importable callable (``os.system`` ...) through its GLOBAL/REDUCE opcodes; ``find_class``
+    is where every such name is looked up, so admitting only NumPy's array reconstruction here means a crafted
+    batch is refused before any of its code runs. The batches are Python 2 pickles, hence ``encoding="bytes"``.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes re-pickled under Python 3 with protocol 2: encode(str, "latin1")
+    }
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, encoding="bytes")
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One CIFAR-10 python batch -> (uint8 ``[N, 3, 32, 32]``, int64 ``[N]``)."""
     bad = f"{path} is not a CIFAR-10 python batch"
     fix = f"delete {path.parent} and re-download (dataset.download=true)"
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # the official batches are Python 2 pickles
+            batch = _BatchUnpickler(f).load()
+    except _RefusedGlobal as e:  # checked before anything is called: no code from the file has run
+        raise GentrainError(f"{bad}: it asks to call {e} while unpickling, which a real batch never does; refused, nothing was run; {fix}") from None
     except Exception as e:  # unpickling a damaged file can raise almost any exception type
         raise GentrainError(f"{bad} ({_one_line(e, 80)}); {fix}") from e
     if not isinstance(batch, dict):
@@ -617,7 +648,7 @@ class ImageFolder(Dataset):
         index = self._split(len(files), split)
         cache = self._cached()
         if cache is not None:
-            pixels = np.load(cache, mmap_mode="r")[index.numpy()]  # fancy indexing copies the rows into memory
+            pixels = np.load(cache, mmap_mode="r", allow_pickle=False)[index.numpy()]  # fancy indexing copies the rows into memory
         else:
             pixels = np.empty((len(index), self.channels, self.size, self.size), dtype=np.uint8)
             for row, i in enumerate(index.tolist()):
@@ -654,7 +685,7 @@ class ImageFolder(Dataset):
         target = self._cache_target(files)
         shape = (len(files), self.channels, self.size, self.size)
         try:
-            current = np.load(target, mmap_mode="r")
+            current = np.load(target, mmap_mode="r", allow_pickle=False)
             fits = current.shape == shape and current.dtype == np.uint8
         except (OSError, ValueError, EOFError):  # missing, or not a whole .npy file
             fits = False
@@ -725,7 +756,7 @@ class FolderExamples(torch.utils.data.Dataset):
             x = _read_image(Path(self.items[i]), self.size, self.channels, self.folder)
         else:
             if self._rows is None:
-                self._rows = np.load(self.cache, mmap_mode="r")
+                self._rows = np.load(self.cache, mmap_mode="r", allow_pickle=False)
             x = self._rows[self.items[i]]
         y = self.labels[i] if self.labels is not None else torch.tensor(-1)
         return torch.from_numpy(np.array(x, order="C")), y  # a copy: writable, contiguous, off the map
