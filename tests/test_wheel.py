@@ -35,13 +35,14 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(ROOT / "gentrain", src / "gentrain", ignore=ignore, symlinks=True)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp / "dist")], src, dict(os.environ))
     (wheel,) = (tmp / "dist").glob("gentrain-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "gentrain/configs/config.yaml" in names and "gentrain/configs/hydra/launcher/joblib.yaml" in names
     assert not any(n.startswith("configs/") for n in names)
+    assert "gentrain/py.typed" in names and any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # typed API, MIT text
     target = tmp / "site"
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--target", str(target), str(wheel)], tmp, dict(os.environ))
     env = {**os.environ, "PYTHONPATH": str(target), "COLUMNS": "200", "GENTRAIN_DATA": str(tmp / "data")}
