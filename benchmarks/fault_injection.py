@@ -2,6 +2,7 @@
 
     python benchmarks/fault_injection.py                          # 20 trials per (signal, moment), CPU
     python benchmarks/fault_injection.py --trials 5 --jobs 2      # a quick look
+    python benchmarks/fault_injection.py --stream --loggers       # streamed image folder (workers > 0), all four loggers
 
 One uninterrupted reference run first; then, per trial, the same run (the ``gentrain`` command, in
 its own directory) is sent one signal at a chosen moment:
@@ -17,6 +18,14 @@ checkpoint bitwise (weights, batch-norm statistics, optimizer states, weight ave
 RNG states), ``metrics.jsonl`` (duplicate or missing steps, logged values) and ``best.pt``.
 A checkpoint that cannot be loaded after the signal counts as corrupt; a resume that exits
 non-zero as failed. Runs use one CPU thread (``OMP_NUM_THREADS=1``) so that equal means equal.
+
+``--stream``: the run trains a small DCGAN on an image folder the script writes (240 16x16 PNGs)
+with ``dataset.stream=true dataset.workers=2`` (DataLoader workers decode while training), instead
+of the in-memory toy. ``--loggers``: every run logs to ``logger=[tensorboard,csv,mlflow,wandb]``
+(W&B offline, MLflow in the run directory), and each backend is read back with its own reader
+(TensorBoard's EventAccumulator, ``csv``, ``MlflowClient``, ``wandb leet inspect`` over every
+session's offline file) and checked for duplicate and missing (key, step) points against the
+reference's ``metrics.jsonl``.
 
 Results: a table per (signal, moment) in ``--out`` (markdown) and one JSON line per trial beside it.
 """
@@ -51,6 +60,17 @@ RUN = [
     "eval.metrics=[modes1000]", "eval.every=25",
 ]
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
+#: --stream: the same schedule (200 steps, a checkpoint every 10) on a streamed image folder; no evaluation (no
+#: metric without the Inception network fits a CPU trial), so best.pt is absent in both runs.
+STREAM_RUN = [
+    "model=dcgan", "dataset=image_folder", "dataset.size=16", "dataset.channels=1", "dataset.stream=true", "dataset.workers=2",
+    "model.g_width=8", "model.d_width=8", "model.z_dim=8", "device=cpu", "seed=0",
+    "trainer.max_steps=200", "trainer.batch_size=16", "trainer.ckpt_every=10", "trainer.ema_decay=0.99",
+    "logger.every=5", "logger.samples_every=50", "logger.n_samples=16", "logger.progress=false", "logger.tensorboard=true",
+]
+#: --loggers: every backend at once.
+ALL_LOGGERS = "logger=[tensorboard,csv,mlflow,wandb]"
+BACKENDS = ("tensorboard", "csv", "mlflow", "wandb")
 
 
 @dataclass
@@ -73,15 +93,21 @@ class Trial:
     best_equal: bool = False
     bitwise_equal: bool = False
     differences: list[str] = field(default_factory=list)
+    backend_duplicates: dict[str, int] = field(default_factory=dict)  # --loggers: (key, step) points held twice or more
+    backend_missing: dict[str, int] = field(default_factory=dict)  # --loggers: the reference's points a backend lacks
     wall_s: float = 0.0
 
 
 #: Set by --code: run gentrain from another source tree (e.g. a checkout of an older commit) for a side-by-side.
 CODE: Path | None = None
+#: Set by --loggers: every run logs to the four backends, each checked per trial.
+LOGGERS = False
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "160", "GENTRAIN_CACHE": str(ROOT / "outputs" / "fault_cache")}
+    out = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "160", "GENTRAIN_CACHE": str(ROOT / "outputs" / "fault_cache")}
+    out.pop("WANDB_SERVICE", None)  # each run its own wandb service
+    return out
 
 
 def launch(args: list[str], log: Path) -> subprocess.Popen:
@@ -170,6 +196,11 @@ def inject(trial: Trial, run_dir: Path, log: Path, reference_s: float, rng: rand
     if proc.poll() is None:
         os.kill(proc.pid, SIGNALS[trial.signal])
     trial.exit_code = proc.wait(timeout=600)
+    time.sleep(1.0)  # the run's helpers (DataLoader workers, wandb's service) see their parent gone ...
+    try:  # ... and whatever is left of its process group goes before the resume starts
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def resume_args(run_dir: Path, style: str) -> list[str]:
@@ -217,22 +248,69 @@ def run_trial(trial: Trial, workdir: Path, reference: Path, reference_s: float, 
     trial.evaluations_equal = [untimed(r) for r in got if r["kind"] == "eval"] == [untimed(r) for r in want if r["kind"] == "eval"]
     best, best_ref = load(run_dir / "checkpoints" / "best.pt"), load(reference / "checkpoints" / "best.pt")
     best_diff: list[str] = []
-    if best is None or best_ref is None:
+    if (best is None) != (best_ref is None):
         best_diff.append("missing")
+    elif best is None:
+        pass  # no evaluation in this run: no best.pt in either
     else:
         compare_state(best_ref, best, "best", best_diff)
     trial.best_equal = not best_diff
+    if LOGGERS:
+        want = expected_points(reference)
+        for backend, points in backend_points(run_dir).items():
+            counts: dict[tuple[str, int], int] = {}
+            for point in points:
+                counts[point] = counts.get(point, 0) + 1
+            trial.backend_duplicates[backend] = sum(n - 1 for n in counts.values())
+            trial.backend_missing[backend] = len(want - set(counts))
     trial.wall_s = round(time.perf_counter() - t0, 1)
-    if trial.bitwise_equal and trial.logged_values_equal and trial.evaluations_equal and trial.best_equal and not trial.failed_resumes:
+    clean_logs = not any(trial.backend_duplicates.values()) and not any(trial.backend_missing.values())
+    if trial.bitwise_equal and trial.logged_values_equal and trial.evaluations_equal and trial.best_equal and not trial.failed_resumes and clean_logs:
         shutil.rmtree(run_dir, ignore_errors=True)  # keep only the runs worth looking at
         log.unlink(missing_ok=True)
     return trial
 
 
+def expected_points(run_dir: Path) -> set[tuple[str, int]]:
+    """(key, step) of every scalar the backends get, from a run's ``metrics.jsonl`` (gentrain's own mapping)."""
+    from gentrain.engine.loggers import record_scalars
+
+    return {(k, r["step"]) for r in records(run_dir) for k in record_scalars(r)}
+
+
+def backend_points(run_dir: Path) -> dict[str, list[tuple[str, int]]]:
+    """Backend -> every scalar (key, step) point it holds, duplicates kept, each read with its own library's reader."""
+    import csv
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[str, int]]] = {b: [] for b in BACKENDS}
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()  # applies the purge a resumed session recorded
+    out["tensorboard"] = [(t, e.step) for t in acc.Tags()["scalars"] for e in acc.Scalars(t)]
+    if (run_dir / "metrics.csv").is_file():
+        with open(run_dir / "metrics.csv", newline="") as f:
+            out["csv"] = [(r["key"], int(r["step"])) for r in csv.DictReader(f)]
+    if (run_dir / "mlflow_run_id").is_file():
+        client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+        run_id = (run_dir / "mlflow_run_id").read_text().strip()
+        out["mlflow"] = [(k, m.step) for k in client.get_run(run_id).data.metrics for m in client.get_metric_history(run_id, k)]
+    for offline in sorted((run_dir / "wandb").glob("offline-run-*")):  # every session's file: what wandb sync uploads
+        got = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline)], capture_output=True, text=True, timeout=120)
+        for line in got.stdout.splitlines():
+            r = json.loads(line)
+            if r.get("type") == "history":
+                step, item = r["history"]["step"]["num"], r["history"]["item"]
+                out["wandb"] += [(k, step) for k in item if not k.startswith("_") and "." not in k]
+    return out
+
+
 def table(trials: list[Trial]) -> list[str]:
     lines = [
-        "| signal | moment | trials | signal during a ckpt write | no ckpt yet (restarted) | exit codes | corrupt ckpts | resumes | failed resumes | duplicate steps | missing steps | logged values equal | evaluations equal | best.pt equal | final ckpt bitwise equal |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| signal | moment | trials | signal during a ckpt write | no ckpt yet (restarted) | exit codes | corrupt ckpts | resumes | failed resumes | duplicate steps | missing steps | logged values equal | evaluations equal | best.pt equal | final ckpt bitwise equal |"
+        + (" duplicate / missing points per backend |" if LOGGERS else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if LOGGERS else ""),
     ]
     groups: dict[tuple[str, str], list[Trial]] = {}
     for t in trials:
@@ -244,8 +322,22 @@ def table(trials: list[Trial]) -> list[str]:
             f"| {', '.join(map(str, codes))} | {sum(t.corrupt_checkpoint for t in ts)} | {sum(t.resumes for t in ts)} | {sum(t.failed_resumes for t in ts)} "
             f"| {sum(t.duplicate_steps for t in ts)} | {sum(t.missing_steps for t in ts)} | {sum(t.logged_values_equal for t in ts)}/{len(ts)} "
             f"| {sum(t.evaluations_equal for t in ts)}/{len(ts)} | {sum(t.best_equal for t in ts)}/{len(ts)} | {sum(t.bitwise_equal for t in ts)}/{len(ts)} |"
+            + (" " + ", ".join(f"{b} {sum(t.backend_duplicates.get(b, 0) for t in ts)}/{sum(t.backend_missing.get(b, 0) for t in ts)}" for b in BACKENDS) + " |" if LOGGERS else "")
         )
     return lines
+
+
+def write_images(root: Path, n: int = 240) -> Path:
+    """``n`` 16x16 grayscale PNGs in two labelled subfolders (seeded noise: decoding and batching are what is tested)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return root
 
 
 def main() -> None:
@@ -256,15 +348,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random moments")
     parser.add_argument("--jobs", type=int, default=1, help="trials run at once (each run uses one CPU thread)")
     parser.add_argument("--workdir", default=str(ROOT / "outputs" / "fault_injection"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fault_injection.md"))
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/fault_injection[_stream][_loggers].md")
     parser.add_argument("--code", default=None, help="run gentrain from this source tree instead (e.g. a git worktree of an older commit)")
     parser.add_argument("--resume", choices=["stored", "full"], default="stored", help="how to continue: the printed command, or every override again")
+    parser.add_argument("--stream", action="store_true", help="a DCGAN on a streamed image folder (dataset.stream=true, 2 workers) instead of the toy")
+    parser.add_argument("--loggers", action="store_true", help="log to tensorboard, csv, mlflow and wandb (offline); check each backend per trial")
     args = parser.parse_args()
-    global CODE
+    global CODE, LOGGERS, RUN
     CODE = Path(args.code).resolve() if args.code else None
+    LOGGERS = args.loggers
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    if args.stream:
+        RUN = [*STREAM_RUN, f"dataset.path={write_images(workdir / 'images')}"]
+    if LOGGERS:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # this process reads the runs' MLflow file stores
+        RUN = [*RUN, ALL_LOGGERS]
     t_start = time.perf_counter()
     reference = workdir / "reference"
     t0 = time.perf_counter()
@@ -287,7 +387,8 @@ def main() -> None:
                 flush=True,
             )
     wall = time.perf_counter() - t_start
-    out = Path(args.out)
+    name = "fault_injection" + ("_stream" if args.stream else "") + ("_loggers" if args.loggers else "")
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".jsonl"), "w") as f:
         for t in done:
@@ -299,9 +400,15 @@ def main() -> None:
         "",
         f"Device: CPU ({platform.processor() or platform.machine()}), 1 thread per run, {args.jobs} run(s) at once; "
         f"versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.",
-        f"Run (every trial): `gentrain {' '.join(RUN)}` (about 20 MB per checkpoint with Adam states and the weight average).",
+        f"Run (every trial): `gentrain {' '.join(RUN)}`"
+        + (" (a DCGAN on 240 streamed 16x16 PNGs the script writes, 2 DataLoader workers; no evaluation, so no best.pt)." if args.stream
+           else " (about 20 MB per checkpoint with Adam states and the weight average).")
+        + (" Every backend is read back per trial: the last column sums its duplicate and missing (key, step) points against the reference's metrics.jsonl." if args.loggers else ""),
         f"Reference (uninterrupted) run: {reference_s:.1f} s wall time. Trials: {args.trials} per signal and moment, moments seeded with {args.seed}; "
         f"total wall time {wall / 60:.1f} min. Command: `python benchmarks/fault_injection.py --trials {args.trials} --jobs {args.jobs} --seed {args.seed}"
+        + (" --stream" if args.stream else "") + (" --loggers" if args.loggers else "")
+        + (f" --signals {' '.join(args.signals)}" if args.signals != list(SIGNALS) else "")
+        + (f" --moments {' '.join(args.moments)}" if args.moments != ["random", "ckpt-write"] else "")
         + (f" --code {args.code} --resume {args.resume}" if args.code else "") + "`."
         + (f" Code: the source tree {args.code}; resumed with {'every original override again' if args.resume == 'full' else 'the printed command'}." if args.code else ""),
         "",
