@@ -361,6 +361,7 @@ class MlflowLogger:
             experiment_id = found.experiment_id
         id_file = run_dir / self.ID_FILE
         self.seen: dict[str, int] = {}  # key -> the last step the stored run has (a resumed run)
+        self.stored: set[str] = set()  # the pictures the stored run has (samples/<file>), not uploaded again on resume
         self.run_id = self._resume(id_file.read_text().strip()) if id_file.is_file() else None
         if self.run_id is None:
             run = client.create_run(experiment_id, run_name=run_dir.name, tags={"gentrain.run_dir": str(run_dir.absolute())})
@@ -374,6 +375,7 @@ class MlflowLogger:
         except Exception:
             return None
         self.seen = {k: max((m.step for m in self.client.get_metric_history(run_id, k)), default=-1) for k in run.data.metrics}
+        self.stored = {a.path for a in self.client.list_artifacts(run_id, "samples")}
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 
@@ -395,7 +397,8 @@ class MlflowLogger:
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
         if path is not None:
-            self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
+            if f"samples/{path.name}" not in self.stored:
+                self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
         else:
             self.client.log_image(self.run_id, image_hwc, artifact_file=f"{self._key(tag)}/step_{step:06d}.png")
 
