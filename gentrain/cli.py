@@ -133,8 +133,14 @@ def _precheck(argv: list[str]) -> None:
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra.errors import OverrideParseException
+
     args = _parse(argv)
-    runs = _runs_to_check(args) or []
+    try:
+        runs = _runs_to_check(args) or []
+    except OverrideParseException as e:  # a syntax error in an override: Hydra's grammar message, one line
+        print(f"error: cannot parse the overrides: {_one_line(str(e))}", file=sys.stderr, flush=True)
+        sys.exit(2)
     semantic = not args.cfg  # --cfg prints the config: it need not be trainable
     try:
         for i, overrides in enumerate(runs):

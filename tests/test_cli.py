@@ -199,3 +199,12 @@ def test_a_job_that_fails_while_running_does_not_stop_the_sweep(tmp_path):
     assert "MNIST not found" in errors[0] and "1 sweep job(s) failed (job 0)" in errors[-1]
     reports = list((tmp_path / "multirun").glob("*/*/1/report.json"))
     assert len(reports) == 1 and json.loads(reports[0].read_text())["run"]["dataset"] == "moons"
+
+
+@pytest.mark.parametrize("args", [["trainer.max_steps=[1,2"], ["-m", "seed=0,1", "model.z_dim=[1"]])
+def test_an_override_with_a_syntax_error_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    out = gentrain(args, tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot parse the overrides") and "[1" in lines[0]
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
