@@ -202,3 +202,10 @@ def test_evaluation_only_at_the_end_reports_the_test_split_and_keeps_no_best(tra
     assert set(report["metrics"]) == {"fid32", "fid32_train"} and report["best"] is None
     assert not (run_dir / "checkpoints" / "best.pt").exists()
     assert {r["name"]: r["reference_split"] for r in report["evaluation"]} == {"fid32": "digits/test", "fid32_train": "digits/train"}
+
+
+@pytest.mark.parametrize("value", ["", "' '"])
+def test_summarize_with_an_empty_dir_is_refused_not_the_current_directory(value: str) -> None:
+    with pytest.raises(GentrainError) as e:
+        summarize(make_config(["task=summarize", f"dir={value}"]), quiet_console())
+    assert "dir= is empty" in str(e.value) and "\n" not in str(e.value)

@@ -65,7 +65,10 @@ def _shown(v: Any) -> str:
 
 def summarize(cfg: DictConfig, console: Console | None = None) -> list[dict[str, Any]]:
     console = console or Console()
-    root = Path(str(required(cfg, "dir", "gentrain task=summarize dir=multirun/<date>/<time>"))).expanduser()
+    given = str(required(cfg, "dir", "gentrain task=summarize dir=multirun/<date>/<time>")).strip()
+    if not given:  # Path("") is the current directory: an empty dir= would summarise wherever the command runs
+        raise GentrainError("dir= is empty; name the sweep folder, e.g. gentrain task=summarize dir=multirun/<date>/<time> (dir=. for here)")
+    root = Path(given).expanduser()
     if not root.is_dir():
         raise GentrainError(f"dir={str(root)!r} is not a directory; point dir= at a sweep folder such as multirun/<date>/<time>")
     rows = collect(root)
