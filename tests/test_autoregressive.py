@@ -163,11 +163,12 @@ def test_log_prob_is_the_sum_of_categorical_log_probs_of_the_logits(kind):
 
 def test_made_on_vectors_is_a_gaussian_per_dimension():
     model = made((2,))
-    x = torch.randn(8, 2, dtype=torch.float64)
+    x = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = model(x)
     mean, log_std = out[..., 0], out[..., 1]
     expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(x).sum(1)
-    torch.testing.assert_close(model.log_prob(x).double(), expected)
+    # the network computes in float32: float64's default rtol (1e-7) failed on unseeded draws (8.7e-7 off)
+    torch.testing.assert_close(model.log_prob(x).double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("levels", [17, 256])
