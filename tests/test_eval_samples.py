@@ -206,7 +206,11 @@ def bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
     np.savez(root / "ambiguous.npz", x=np.zeros((4, 3, 8, 3), np.uint8))
     np.savez(root / "wide.npz", x=np.full((4, 1, 8, 8), 200.0, np.float32))
     Image.fromarray(x[0, 0]).save(root / "one.png")
+    (root / "text.npz").write_text("not numpy\n")
+    np.savez(root / "objects.npz", x=np.array([{"a": 1}], dtype=object))
     return {
+        "text-as-npz": ([f"samples={root / 'text.npz'}", "reference=digits"], "is not a NumPy .npz or .npy file"),
+        "object-array": ([f"samples={root / 'objects.npz'}", "reference=digits"], "cannot read the array x"),
         "missing": ([f"samples={root / 'nope'}", "reference=digits"], "does not exist"),
         "empty-folder": ([f"samples={root / 'empty'}", "reference=digits"], "is empty"),
         "no-images": ([f"samples={root / 'texts'}", "reference=digits"], "holds no images"),

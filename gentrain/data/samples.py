@@ -210,9 +210,18 @@ def _kind(mode: str) -> str:
 
 def _array_images(path: Path, what: str) -> Tensor:
     """uint8 ``[N, C, H, W]`` from the array of an .npz or .npy (see the module's rules)."""
+    fix = "write it with numpy.savez(path, x=images)"
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head[:4] != b"PK\x03\x04" and head != b"\x93NUMPY":  # neither a zip (.npz) nor an .npy header
+        raise GentrainError(f"{what}={str(path)!r} is not a NumPy .npz or .npy file (it starts with {head!r}); {fix}")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except Exception as e:  # not a numpy file, a truncated one, an object array needing pickle
+    except ValueError as e:  # numpy's advice to unpickle "if you trust the file" is not ours to give
+        if "pickle" not in str(e):
+            raise GentrainError(f"cannot read {what}={str(path)!r} as {path.suffix} ({_first_line(e)}); {fix}") from None
+        raise GentrainError(f"{what}={str(path)!r} holds an object array, which needs unpickling (gentrain never unpickles); {fix}") from None
+    except Exception as e:  # a truncated or damaged file
         raise GentrainError(f"cannot read {what}={str(path)!r} as {path.suffix} ({_first_line(e)}); write it with numpy.savez(path, x=images)") from None
     if isinstance(loaded, np.ndarray):
         array, label = loaded, "its array"
