@@ -136,6 +136,10 @@ def _precheck(argv: list[str]) -> None:
     from hydra.errors import OverrideParseException
 
     args = _parse(argv)
+    if args.shell_completion and not any(o.split("=", 1)[0] in ("install", "uninstall", "query") for o in args.overrides):
+        print("error: --shell-completion needs what to do: gentrain --shell-completion install=bash "
+              "(or uninstall=bash; zsh, fish likewise)", file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         runs = _runs_to_check(args) or []
     except OverrideParseException as e:  # a syntax error in an override: Hydra's grammar message, one line

@@ -208,3 +208,11 @@ def test_an_override_with_a_syntax_error_is_one_line(tmp_path: Path, args: list[
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot parse the overrides") and "[1" in lines[0]
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_a_bare_shell_completion_is_one_line_naming_the_usage(tmp_path: Path) -> None:
+    out = gentrain(["--shell-completion"], tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "--shell-completion install=bash" in out.stderr
+    installed = gentrain(["--shell-completion", "install=bash"], tmp_path)
+    assert installed.returncode == 0 and "hydra_bash_completion" in installed.stdout
