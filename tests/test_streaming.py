@@ -191,3 +191,97 @@ def test_bad_settings_are_one_line(folder: Path, key: str, value: object, needle
 def test_batch_too_big_is_refused(folder: Path) -> None:
     with pytest.raises(GentrainError, match=r"trainer.batch_size=32 x 2 ranks .* trainer.batch_size<=20"):
         StreamingBatches(image_folder(folder).indexed("train"), 32, CPU, seed=0, workers=0, world_size=2)
+
+
+def test_a_streamed_run_draws_what_the_in_memory_run_draws_and_resumes_exactly(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end, DataLoader workers > 0: the loader takes no number from the run's RNG (its workers' seeds come
+    from a generator of its own), so a streamed VAE run (reparameterisation and dequantisation noise) equals the
+    in-memory run bitwise, and a streamed run that crashed after its checkpoint resumes to the same state."""
+    from conftest import make_config, quiet_console, tiny_overrides
+    from gentrain.engine.checkpoint import load_checkpoint
+    from gentrain.objectives.likelihood import ELBO as ELBOObjective
+    from gentrain.tasks import train
+    from test_stop_resume import assert_same_state, records, without_timing
+
+    base = tiny_overrides("vae", "image_folder", "elbo", steps=8, extra=[
+        f"dataset.path={folder}", "dataset.size=8", "dataset.workers=2", "trainer.batch_size=4", "logger.every=1",
+        "logger.samples_every=0", "trainer.ckpt_every=4", "eval.every=0"])
+
+    def run(name: str, *extra: str) -> Path:
+        train(make_config([*base, *extra]), run_dir=tmp_path / name, console=quiet_console())
+        return tmp_path / name
+
+    memory, streamed = run("memory", "dataset.stream=false"), run("streamed", "dataset.stream=true")
+    original, calls = ELBOObjective.step, {"n": 0}
+
+    def crash(self, phase, model, batch):  # think SIGKILL at step 7, after the checkpoint at step 4
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("crash")
+        return original(self, phase, model, batch)
+
+    monkeypatch.setattr(ELBOObjective, "step", crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        run("resumed", "dataset.stream=true")
+    monkeypatch.undo()
+    resumed = run("resumed", "dataset.stream=true", "trainer.resume=true")
+    final = [load_checkpoint(d / "checkpoints" / "last.pt") for d in (memory, streamed, resumed)]
+    assert_same_state(final[0], final[1])
+    assert_same_state(final[1], final[2])
+    logged = [[without_timing(r) for r in records(d)] for d in (memory, streamed, resumed)]
+    assert logged[0] == logged[1] == logged[2] and len(logged[0]) == 8
+
+
+def test_a_sigkilled_streaming_run_leaves_no_worker_behind_to_print_a_traceback(folder: Path, tmp_path: Path) -> None:
+    """SIGKILL the CLI while its DataLoader workers run: they die with it (PR_SET_PDEATHSIG). They used to live on
+    for up to torch's 5 s watchdog interval, and one that was serving a batch's file descriptors printed a 19-line
+    ``ConnectionResetError`` traceback. The workers are SIGSTOPped before the kill, so the check is certain: a
+    stopped worker still dies of the SIGKILL its parent's death sends, while one that waits on its watchdog cannot."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import tiny_overrides
+
+    gentrain = shutil.which("gentrain", path=str(Path(sys.executable).parent))
+    if gentrain is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs the gentrain console script and Linux's /proc")
+    run_dir = tmp_path / "run"
+    args = tiny_overrides("vae", "image_folder", "elbo", steps=1_000_000, extra=[
+        f"dataset.path={folder}", "dataset.size=8", "dataset.stream=true", "dataset.workers=2", "trainer.batch_size=4",
+        "logger.samples_every=0", "trainer.ckpt_every=0", "eval.every=0", f"hydra.run.dir={run_dir}"])
+    proc = subprocess.Popen([gentrain, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 or not (run_dir / "metrics.jsonl").is_file():  # training, its workers started
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            workers = [int(p) for t in Path(f"/proc/{proc.pid}/task").iterdir() for p in (t / "children").read_text().split()]
+            time.sleep(0.05)
+        for worker in workers:
+            os.kill(worker, signal.SIGSTOP)
+        proc.kill()
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(map(alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        orphans = [w for w in workers if alive(w)]
+    finally:
+        for worker in workers:
+            if alive(worker):
+                os.kill(worker, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+    _, err = proc.communicate(timeout=60)
+    assert not orphans, f"DataLoader workers {orphans} outlived the killed training process"
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err

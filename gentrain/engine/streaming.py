@@ -12,13 +12,29 @@ exactly whichever its new session picks.
 Workers run ahead of the training loop, so two copies of that order exist: the batch sampler's, which hands
 index lists to the workers as far ahead as they prefetch, and the stream's own, which advances one batch per
 :meth:`StreamingBatches.next`. Only the stream's is saved: a checkpoint taken after k batches resumes at batch
-k + 1, whatever the workers had prefetched.
+k + 1, whatever the workers had prefetched (those are decoded again after a resume).
+
+Nothing else of the loader may touch the run's random numbers: a DataLoader draws its workers' base seed from the
+global torch generator each time it starts, which shifted the noise of every later step (so a streamed run differed
+from the in-memory one from step 1, and a resumed one from the uninterrupted run right after the checkpoint). It
+draws from a generator of its own instead. Workers only decode (no random transforms): every random number of a
+step, dequantisation noise included, is drawn in the training process from the RNG state the checkpoint keeps.
+
+Workers die with the training process (Linux: ``PR_SET_PDEATHSIG``), so a SIGKILLed run leaves none behind to print
+a ``ConnectionResetError`` on its terminal, and they ignore SIGINT, which a terminal's Ctrl-C sends the whole
+process group: the training process stops the run at a step boundary and then ends them (torch's own SIGTERM
+handler in the workers stays: it exits quietly when the training process sends it).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import math
+import os
+import signal
+import sys
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -106,6 +122,8 @@ class StreamingBatches:
         self.loader = DataLoader(
             indexed, batch_sampler=self.sampler, num_workers=workers, pin_memory=device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=_PREFETCH if workers > 0 else None,
+            # its own generator: the default one is the global torch RNG, a draw of which shifts the run's noise
+            generator=torch.Generator().manual_seed(seed), worker_init_fn=functools.partial(_worker_init, os.getpid()),
         )
         self._batches: Iterator[tuple[Tensor, Tensor]] | None = None  # started by the first next(): no workers before
         # Held from outside until this stream is gone: a loader collected inside a reference cycle (a trainer's)
@@ -143,6 +161,19 @@ class StreamingBatches:
         self.order.load_state_dict(state)
         self.sampler.order = self.order.copy()
         self._batches = None  # batches prefetched from the old state are dropped; next() restarts the loader
+
+
+def _worker_init(parent: int, worker_id: int) -> None:
+    """In each DataLoader worker as it starts: leave Ctrl-C to the training process ``parent`` and die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # else the trainer's handler, inherited by fork, would run here too
+    if sys.platform.startswith("linux"):
+        try:
+            # PR_SET_PDEATHSIG = 1: SIGKILL this worker when the thread that started it ends (the training loop's)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl in this libc: torch's watchdog ends the worker within seconds
+            pass
+    if os.getppid() != parent:  # the training process died before prctl took effect
+        os._exit(0)
 
 
 def _release(loader: DataLoader) -> None:
