@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 import random
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_to_tuple(state["python"]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+@contextmanager
+def rng_kept() -> Iterator[None]:
+    """Every RNG of :func:`rng_state` as it was before the block: for third-party code (a logger's run names)
+    that draws from the global generators, which would shift the run's random numbers by what it happened to do."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def _to_tuple(x: Any) -> Any:

@@ -28,7 +28,7 @@ from torch import Tensor
 from gentrain import __version__
 from gentrain.config import LoggerSettings, TrainerSettings
 from gentrain.engine import distributed
-from gentrain.engine.checkpoint import FORMAT, VERSION, rng_state, set_rng_state
+from gentrain.engine.checkpoint import FORMAT, VERSION, rng_kept, rng_state, set_rng_state
 from gentrain.engine.device import autocast, deterministic_algorithms
 from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
@@ -289,15 +289,17 @@ class Trainer:
         main = self.world.main
         if main:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-            # on resume (start_step > 0) each backend continues the run and drops what a crashed session logged past it where it can
-            self.loggers = open_loggers(ls, self.run_dir, start_step, self._say)
-            self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
-            params = self.log_params if self.log_params is not None else {k: v for k, v in flatten(self.config).items() if v is not None}
-            self.loggers.params(params)
-            if start_step == 0:
-                from omegaconf import OmegaConf
+            # on resume (start_step > 0) each backend continues the run and drops what a crashed session logged past it where it can;
+            # the run's RNGs are kept: MLflow names a new run from Python's global `random`
+            with rng_kept():
+                self.loggers = open_loggers(ls, self.run_dir, start_step, self._say)
+                self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
+                params = self.log_params if self.log_params is not None else {k: v for k, v in flatten(self.config).items() if v is not None}
+                self.loggers.params(params)
+                if start_step == 0:
+                    from omegaconf import OmegaConf
 
-                self.loggers.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
+                    self.loggers.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
         self.progress = ConsoleProgress(self.console, s.max_steps, start_step, ls.progress and main)
         session_start = time.perf_counter()
         train_time_before = self.train_time_s
