@@ -120,8 +120,28 @@ def _one_line(message: str) -> str:
     append = next((line.split()[-1] for line in rest if line.startswith("To append to your config use")), None)
     if head.startswith("Could not override") and append:
         key = head.removeprefix("Could not override ").strip("'")
-        return f"{key} is not an option here (check its spelling; gentrain --cfg job lists the options); to add a new key use {append}"
+        return _group_key_hint(key, append.removeprefix("+")) or (
+            f"{key} is not an option here (check its spelling; gentrain --cfg job lists the options); to add a new key use {append}")
     return "; ".join([head, *(line.replace("\\'", "'") for line in rest[:3])])
+
+
+def _group_key_hint(key: str, override: str) -> str | None:
+    """For ``group.key=value`` where the run's ``group`` option lacks ``key`` or no option of it is chosen (say
+    ``sampler.guidance=3`` in task=sample, whose sampler is the checkpoint's): the options of the group that have it."""
+    from omegaconf import OmegaConf
+
+    from gentrain.config import CONFIG_DIR
+
+    group, _, leaf = key.partition(".")
+    folder = CONFIG_DIR / group
+    if not leaf or not folder.is_dir():
+        return None
+    absent = object()
+    having = [p.stem for p in sorted(folder.glob("*.yaml")) if OmegaConf.select(OmegaConf.load(p), leaf, default=absent) is not absent]
+    if not having:
+        return None
+    return (f"{key} is not a key of this run's {group} (none is chosen, or its option lacks it); the {group} options that "
+            f"have it: {', '.join(having)}; name one with it, e.g. {group}={having[0]} {override}")
 
 
 def _precheck(argv: list[str]) -> None:

@@ -213,6 +213,13 @@ REFUSED = {
     "variance-foo": (["model=ddpm", "model.variance=foo", *SMALL], "model.variance='foo' is not one of fixedlarge, fixedsmall"),
     "timesteps-1": (["model=ddpm", "objective.timesteps=1", *SMALL], "objective.timesteps must be an integer >= 2"),
     "ddim-steps-0": (["model=ddpm", "sampler=ddim", "sampler.steps=0", *SMALL], "sampler.steps must be a positive integer, got 0"),
+    "ddim-steps-over-timesteps": (  # it was clamped to T without a word
+        ["model=ddpm", "sampler=ddim", "sampler.steps=1000000", "objective.timesteps=100", *SMALL],
+        "sampler.steps=1000000 is more than the model's objective.timesteps=100, the most DDIM can visit; e.g. sampler.steps=50",
+    ),
+    "attention-not-a-list": (  # it was int('a')'s "invalid literal for int()"
+        ["model=ddpm", "model.attention_resolutions=abc", *SMALL], "model.attention_resolutions must be a list of integers, got 'abc'; e.g.",
+    ),
     "eta-on-ancestral": (["model=ddpm", "+sampler.eta=1.0", *SMALL], "sampler=ddpm runs all objective.timesteps steps and has no steps or eta"),
     "schedule-mismatch": (
         ["model=ddpm", "model.schedule=cosine", "objective.schedule=linear", *SMALL], "model.schedule=cosine but objective.schedule=linear; set objective.schedule",
@@ -381,3 +388,17 @@ def test_a_stopped_run_resumes_exactly_with_its_weight_average(train_run):
 def test_a_zero_width_vector_denoiser_is_refused():
     with pytest.raises(GentrainError, match="model.hidden"):
         build_model(make_config(ddpm_overrides("ring8", extra=["model.hidden=0"])))
+
+
+@pytest.mark.parametrize("task", ["sample", "eval"])
+def test_a_sampler_key_without_a_sampler_names_the_options_that_have_it(task, tmp_path, capsys):
+    """task=sample/eval use the checkpoint's sampler, so no sampler is chosen in their config: ``sampler.guidance=3``
+    alone said "not an option here (check its spelling)". Refused before any checkpoint is read."""
+    from gentrain.cli import _precheck
+
+    with pytest.raises(SystemExit) as e:
+        _precheck([f"task={task}", f"ckpt={tmp_path / 'run'}", "sampler.guidance=3"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err
+    assert err == ("error: sampler.guidance is not a key of this run's sampler (none is chosen, or its option lacks it); "
+                   "the sampler options that have it: ddim, ddpm; name one with it, e.g. sampler=ddim sampler.guidance=3")

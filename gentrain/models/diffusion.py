@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.data.base import DataSplit
+from gentrain.engine.progress import counted
 from gentrain.errors import GentrainError, check_choice, check_int
 from gentrain.models.base import check_labels, interpolate_latents
 from gentrain.models.likelihood import LikelihoodModel, check_levels, from_levels, to_levels
@@ -395,6 +396,9 @@ class DiffusionModel(LikelihoodModel):
         sampler = SamplerSpec.parse(spec)
         if sampler.guidance is None:
             sampler = dataclasses.replace(sampler, guidance=self.sampler.guidance)
+        if sampler.name == "ddim" and sampler.steps is not None and sampler.steps > self.process.timesteps:
+            raise GentrainError(f"sampler.steps={sampler.steps} is more than the model's objective.timesteps={self.process.timesteps}, "
+                                f"the most DDIM can visit; e.g. sampler.steps={min(50, self.process.timesteps)}")
         if sampler.guidance and self.num_classes is None:
             raise GentrainError("sampler.guidance needs a class-conditional model; set model.num_classes (and train with model.cond_drop > 0) or sampler.guidance=0")
         if sampler.guidance and self.cond_drop == 0:
@@ -446,7 +450,7 @@ class DiffusionModel(LikelihoodModel):
         p = self.process
         steps = list(range(p.timesteps)) if s.name == "ddpm" else p.ddim_steps(int(s.steps or p.timesteps))
         kept = [x] if keep is not None and keep(0, len(steps)) else []
-        for i, t_now in enumerate(reversed(steps)):
+        for i, t_now in counted("denoising steps", list(enumerate(reversed(steps)))):
             t = torch.full((x.shape[0],), t_now, device=x.device, dtype=torch.long)
             x0, eps = self.denoise(x, t, y, s.guidance)
             if s.name == "ddpm":
@@ -563,7 +567,7 @@ class DiffusionModel(LikelihoodModel):
         prior = normal_kl(mean_T, logvar_T, torch.zeros_like(x0), torch.zeros_like(x0)).flatten(1).sum(1)
         kls = torch.zeros(b, device=x0.device)
         decoder = torch.zeros(b, device=x0.device)
-        for t_now in range(p.timesteps):
+        for t_now in counted("bound terms", range(p.timesteps)):
             t = torch.full((b,), t_now, device=x0.device, dtype=torch.long)
             xt = p.q_sample(x0, t, self._randn(x0, generator))
             x0_hat, _ = self.denoise(xt, t, y)
@@ -646,7 +650,7 @@ def unet_layout(shape: Sequence[int], channel_mult: Sequence[int] | None, attent
             levels += 1
         mult = [1] + [2] * (levels - 1)
     else:
-        mult = [int(m) for m in channel_mult]
+        mult = _int_list(channel_mult, "model.channel_mult", "[1,2,2]")
         if not mult or any(m < 1 for m in mult):
             raise GentrainError(f"model.channel_mult must be a non-empty list of positive integers, got {list(channel_mult)}; e.g. [1, 2, 2]")
     if h % (2 ** (len(mult) - 1)):
@@ -658,11 +662,20 @@ def unet_layout(shape: Sequence[int], channel_mult: Sequence[int] | None, attent
     if attention is None:
         attn = [16] if 16 in resolutions else [resolutions[-1]]
     else:
-        attn = [int(a) for a in attention]
+        attn = _int_list(attention, "model.attention_resolutions", f"[{resolutions[-1]}]", f" (the U-Net's resolutions: {resolutions})")
         bad = sorted(set(attn) - set(resolutions))
         if bad:
             raise GentrainError(f"model.attention_resolutions={attn} names {bad}, which the U-Net does not have (its resolutions: {resolutions})")
     return mult, attn
+
+
+def _int_list(value: Any, key: str, example: str, note: str = "") -> list[int]:
+    """``value`` as a list of integers, or one line naming ``key`` (a string such as ``abc`` is not read letter by letter)."""
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, Sequence) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise GentrainError(f"{key} must be a list of integers, got {value!r}; e.g. {key}={example}{note}")
+    return [int(v) for v in value]
 
 
 __all__ = [
