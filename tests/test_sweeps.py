@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import math
 from pathlib import Path
 
@@ -113,6 +114,9 @@ def test_a_study_stored_in_sqlite_grows_when_the_same_command_runs_again(tmp_pat
 def test_a_joblib_sweep_of_two_runs_completes(tmp_path):
     result = gentrain(["-m", "hydra/launcher=joblib", *tiny_overrides("gan_mlp", "ring8", steps=2), "seed=0,1", "device.threads=1"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+    # every line a job prints names it (its start and data lines, steps, table, paths); Hydra's launcher lines are Hydra's
+    jobs = [line for line in (result.stdout + result.stderr).splitlines() if line.strip() and "[HYDRA]" not in line]
+    assert len(jobs) > 10 and all(re.match(r"\[job [01]\] ", line) for line in jobs), jobs
     reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "multirun").glob("*/*/*/report.json"))]
     assert [r["run"]["seed"] for r in reports] == [0, 1] and all(r["run"]["status"] == "completed" for r in reports)
 

@@ -105,6 +105,44 @@ def test_plain_lines_of_a_parallel_job_name_the_job(clock):
     assert out.file.getvalue().startswith("[job 3] step 120/400  12.3 steps/s"), out.file.getvalue()
 
 
+def test_off_a_terminal_the_cli_console_never_wraps_a_line():
+    """``gentrain ... > log.txt``: start lines, ``eval at step`` lines and paths were hard-wrapped at 80 columns."""
+    from gentrain.engine.console import cli_console
+
+    out = cli_console(stream=io.StringIO())
+    assert not out.is_terminal and out.width <= 120
+    line = "eval at step 40 (val; 1.2 s): " + ", ".join(f"metric_{i}=0.{i:04d}" for i in range(20))
+    path = "outputs in /" + "/".join(["a_rather_long_folder_name"] * 8) + " (report.md, checkpoints/, samples/)"
+    out.print(line, highlight=False)
+    out.print(path, highlight=False)
+    assert out.file.getvalue().splitlines() == [line, path]
+
+
+def test_every_line_of_a_parallel_job_names_the_job(clock):
+    """In a parallel sweep the start line, the step lines, the tables, the paths and the log lines Hydra's handler
+    prints all start with ``[job N]`` (the step lines had it alone), once."""
+    import logging
+
+    from gentrain.engine.console import cli_console, summary_table
+
+    root = logging.getLogger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root.addHandler(handler)
+    try:
+        out = cli_console(job=3, stream=stream)
+        out.print("gentrain model=dcgan dataset=digits", highlight=False)
+        logging.getLogger("gentrain.test").warning("digits train: 1350 examples\nsecond line")
+        progress = ConsoleProgress(out, 400, 0, True, job=3)  # the stream names the job: the step lines do not again
+        drive(progress, clock)
+        out.print(summary_table("gentrain: dcgan on digits", {"steps": 400, "D/loss": 1.37}))
+        out.print("outputs in /tmp/run", highlight=False)
+    finally:
+        root.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) > 8 and all(line.startswith("[job 3] ") and not line.startswith("[job 3] [job") for line in lines), lines
+
+
 def test_the_environment_overrides_the_choice(clock, monkeypatch):
     monkeypatch.setenv(console_mod.PROGRESS_ENV, "plain")
     out = Console(file=io.StringIO(), width=80, force_terminal=True)

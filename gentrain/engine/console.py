@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -65,6 +67,65 @@ def parallel_job(hydra_cfg: Any = None) -> int | None:
         return None
     num = OmegaConf.select(hydra_cfg, "job.num", default=None)
     return int(num) if num is not None else 0
+
+
+class JobLines:
+    """A text stream that starts every line written to it with ``head`` (``"[job 3] "``): the console of a job of a
+    parallel sweep, so its start line, step lines, tables and paths all say which job wrote them."""
+
+    def __init__(self, stream: Any, head: str) -> None:
+        self.stream, self.head, self._line_start = stream, head, True
+
+    def write(self, text: str) -> int:
+        out = []
+        for piece in text.splitlines(keepends=True):
+            if self._line_start:
+                out.append(self.head)
+            out.append(piece)
+            self._line_start = piece.endswith(("\n", "\r"))
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+class _HeadedFormatter(logging.Formatter):
+    """``inner``'s lines, each after ``head``."""
+
+    def __init__(self, inner: logging.Formatter | None, head: str) -> None:
+        super().__init__()
+        self.inner, self.head = inner or logging.Formatter(), head
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(self.head + line for line in self.inner.format(record).split("\n"))
+
+
+def cli_console(job: Any = None, stream: Any = None) -> Console:
+    """The console of a command-line run (``job``: the parallel job number, detected by default). Off a terminal (a
+    file, a pipe, CI) text is never hard-wrapped at the console's width, so ``grep 'eval at step'`` finds whole lines
+    with every metric and paths stay whole; in a parallel sweep every line starts with ``[job N]``: the console's and
+    those of the log handlers that print to the terminal (Hydra's job logging)."""
+    job = parallel_job() if job is None else job
+    stream = stream if stream is not None else sys.stdout
+    if job is not None:
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler and not isinstance(handler.formatter, _HeadedFormatter):
+                handler.setFormatter(_HeadedFormatter(handler.formatter, f"[job {job}] "))
+    console = Console(file=JobLines(stream, f"[job {job}] ") if job is not None else stream)
+    if not console.is_terminal:
+        console.soft_wrap = True  # print()'s default: lines as long as they are (tables still fit the width)
+    return console
 
 
 def progress_style(is_terminal: bool, enabled: bool, parallel: bool, env: str | None = None) -> str:
@@ -135,6 +196,8 @@ class ConsoleProgress:
         self.total = total
         self.step = start
         self.job = parallel_job() if job is _DETECT else job
+        #: "[job N] " before each line, unless the console's stream already adds it (cli_console in a parallel job)
+        self.head = f"[job {self.job}] " if self.job is not None and not isinstance(console.file, JobLines) else ""
         self.style = progress_style(console.is_terminal, enabled, self.job is not None, os.environ.get(PROGRESS_ENV))
         self.live = self.style == "bar"
         self.rate: float | None = None  # training steps/s of the last log interval
@@ -171,7 +234,7 @@ class ConsoleProgress:
         text = format_logs(values)
         self.rate, self.losses = steps_per_s, text
         if self._display is None:
-            head = f"[job {self.job}] " if self.job is not None else ""
+            head = self.head
             eta = "0:00:00" if step >= self.total else format_duration(self.eta())
             line = f"{head}step {step}/{self.total}  {steps_per_s:.1f} steps/s  eta {eta}  {text}"
             # whole, uncut, unwrapped lines (log files, grep); no markup: "[job 3]" is text

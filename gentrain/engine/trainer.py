@@ -36,7 +36,7 @@ from gentrain.engine.hooks import (
     SELECTION_SPLIT, CheckpointHook, EMAHook, EvalHook, EvalSchedule, Hook, LogHook, SampleHook, ScheduleHook,
 )
 from gentrain.engine.loader import Stream
-from gentrain.engine.console import ConsoleProgress
+from gentrain.engine.console import ConsoleProgress, cli_console
 from gentrain.engine.loggers import JsonlWriter, Loggers, flatten, open_loggers
 from gentrain.engine.rundir import RUN_LOG
 from gentrain.engine.signals import HookAborted, StopRequest
@@ -152,7 +152,7 @@ class Trainer:
         self.settings = trainer
         self.log_settings = logger
         self.config = config
-        self.console = console or Console()
+        self.console = console or cli_console()
         self.world = world or World()
         self.groups = model.param_groups()
         self.group_params = {name: [p for p in module.parameters()] for name, module in self.groups.items()}

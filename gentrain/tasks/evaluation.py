@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from gentrain.engine.console import cli_console
 from gentrain.build import build, choice, sampler_choice
 from gentrain.config import CONFIG_DIR, EvalSettings, typed
 from gentrain.data.base import Dataset
@@ -37,7 +38,7 @@ CKPT_EXAMPLE = "gentrain task=eval ckpt=outputs/<date>/<time>/checkpoints/last.p
 
 
 def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console()
+    console = console or cli_console()
     ckpt, samples = _option(cfg, "ckpt"), _option(cfg, "samples")
     if ckpt is not None and samples is not None:
         raise GentrainError(f"task=eval takes ckpt= (a model's samples) or samples= (given images), not both; got ckpt={ckpt} and samples={samples}")

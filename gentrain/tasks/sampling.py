@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from gentrain.engine.console import cli_console
 from gentrain.build import sampler_choice
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import to_uint8
@@ -22,7 +23,7 @@ from gentrain.visual import sample_picture, save_png
 def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """``n`` samples with ``seed``, drawn as evaluation draws them (batches of ``eval.batch_size``, the same weights and mode):
     ``task=eval`` with ``eval.seed`` equal to this ``seed`` scores exactly these samples."""
-    console = console or Console()
+    console = console or cli_console()
     spec = required(cfg, "ckpt", "gentrain task=sample ckpt=outputs/<date>/<time>/checkpoints/last.pt n=64")
     n = OmegaConf.select(cfg, "n", default=64)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

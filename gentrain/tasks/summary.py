@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from gentrain.engine.console import cli_console
 from gentrain.errors import GentrainError
 from gentrain.metrics.report import format_value
 from gentrain.tasks.common import required
@@ -64,7 +65,7 @@ def _shown(v: Any) -> str:
 
 
 def summarize(cfg: DictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    console = console or Console()
+    console = console or cli_console()
     given = str(required(cfg, "dir", "gentrain task=summarize dir=multirun/<date>/<time>")).strip()
     if not given:  # Path("") is the current directory: an empty dir= would summarise wherever the command runs
         raise GentrainError("dir= is empty; name the sweep folder, e.g. gentrain task=summarize dir=multirun/<date>/<time> (dir=. for here)")

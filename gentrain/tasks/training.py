@@ -26,7 +26,7 @@ from gentrain.engine import distributed
 from gentrain.engine.device import device_name, use_channels_last
 from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
-from gentrain.engine.console import summary_table
+from gentrain.engine.console import cli_console, summary_table
 from gentrain.engine.loggers import check_backends, flatten
 from gentrain.engine.rundir import RUN_LOG, RunDirectory
 from gentrain.engine.streaming import open_stream
@@ -193,7 +193,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     """
     t0 = time.perf_counter()
     requested = Path(run_dir) if run_dir is not None else hydra_run_dir()
-    console = console or Console()
+    console = console or cli_console()
     hydra = _hydra()
     overrides = list(hydra.overrides.task) if hydra is not None else []
     resume = _resume_path(typed(cfg.trainer, TrainerSettings, "trainer").resume, requested)
