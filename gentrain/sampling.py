@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from gentrain.engine.progress import phase, tick
 from gentrain.models.base import GenerativeModel
 
 
@@ -65,4 +66,14 @@ def sample_batches(model: GenerativeModel, n: int, seed: int, batch_size: int) -
         yield model.sample_with_labels(min(batch_size, n - start), generator=generator)
 
 
-__all__ = ["eval_mode", "sample_batches", "sampling_state"]
+def draw_samples(model: GenerativeModel, n: int, seed: int, batch_size: int) -> list[tuple[Tensor, Tensor | None]]:
+    """Every batch of :func:`sample_batches`, counted as the phase ``sampling`` (``n`` samples)."""
+    drawn = []
+    with phase("sampling", n):
+        for batch in sample_batches(model, n, seed, batch_size):
+            drawn.append(batch)
+            tick(batch[0].shape[0])
+    return drawn
+
+
+__all__ = ["draw_samples", "eval_mode", "sample_batches", "sampling_state"]

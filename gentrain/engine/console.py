@@ -15,6 +15,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from gentrain.engine.progress import PhaseDisplay, PhaseView, open_phases
+
 #: ``GENTRAIN_PROGRESS=plain`` prints plain lines even on a terminal; ``=bar`` shows the bar even in a parallel sweep
 #: (where several jobs share the terminal); unset (or ``auto``): the bar on a terminal unless the jobs run in parallel.
 PROGRESS_ENV = "GENTRAIN_PROGRESS"
@@ -184,6 +186,8 @@ class _View:
         yield line
         if p.losses:
             yield Text("  " + p.losses, no_wrap=True, overflow="ellipsis")
+        if open_phases():  # pictures, evaluation: what the step waits for, below the bar
+            yield PhaseView()
 
 
 class ConsoleProgress:
@@ -209,6 +213,8 @@ class ConsoleProgress:
         if self.live:
             self._display = Live(console=console, refresh_per_second=4, transient=False, get_renderable=lambda: _View(self))
             self._display.start()
+        #: the phases (sampling, features ...) of this console: drawn under the bar, or plain lines as the steps' (the trainer installs it)
+        self.phases = PhaseDisplay(console, self.style, self.head, hosted=self.live)
 
     def measured_rate(self) -> float | None:
         """Steps per wall-clock second since this session's first step (sample pictures and evaluation included)."""

@@ -36,6 +36,7 @@ from gentrain.engine.hooks import (
     SELECTION_SPLIT, CheckpointHook, EMAHook, EvalHook, EvalSchedule, Hook, LogHook, SampleHook, ScheduleHook,
 )
 from gentrain.engine.loader import Stream
+from gentrain.engine import progress as phase_progress
 from gentrain.engine.console import ConsoleProgress, cli_console
 from gentrain.engine.loggers import JsonlWriter, Loggers, flatten, open_loggers
 from gentrain.engine.rundir import RUN_LOG
@@ -301,6 +302,7 @@ class Trainer:
 
                     self.loggers.text("config", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(self.config)) + "\n```")
         self.progress = ConsoleProgress(self.console, s.max_steps, start_step, ls.progress and main)
+        outside = phase_progress.install(self.progress.phases)  # pictures and evaluation show their progress with the steps'
         session_start = time.perf_counter()
         train_time_before = self.train_time_s
         self.mark, self.paused = (time.perf_counter(), self.step), 0.0
@@ -336,6 +338,7 @@ class Trainer:
             raise
         finally:
             self.progress.close()
+            phase_progress.install(outside)
             for params in self.switchable.values():
                 for p in params:
                     p.requires_grad_(True)

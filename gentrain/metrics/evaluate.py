@@ -27,6 +27,7 @@ from torch import Tensor
 
 from gentrain.data.base import Dataset
 from gentrain.engine import distributed
+from gentrain.engine.progress import phase, tick
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import DEFAULT_SPLIT, FAMILIES, Features, MetricResult, Protocol, compute, parse_protocol
 from gentrain.models.base import GenerativeModel
@@ -59,20 +60,22 @@ class PointFeatures:
 
 
 @torch.no_grad()
-def extract(batches: Callable[[int, int], Tensor], n: int, extractor: FeatureExtractor, batch_size: int) -> Features:
-    """Features of ``n`` images produced by ``batches(start, size) -> uint8 [size, C, H, W]``, in batches."""
+def extract(batches: Callable[[int, int], Tensor], n: int, extractor: FeatureExtractor, batch_size: int, label: str = "features") -> Features:
+    """Features of ``n`` images produced by ``batches(start, size) -> uint8 [size, C, H, W]``, in batches (the phase ``label``)."""
     pool: Tensor | None = None
     logits: Tensor | None = None
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        f, lg = extractor(batches(start, size))
-        if pool is None:
-            # filled where the extractor runs, copied to the host once: no sync per batch
-            pool = torch.empty(n, f.shape[1], dtype=torch.float32, device=f.device)
-            logits = None if lg is None else torch.empty(n, lg.shape[1], dtype=torch.float32, device=lg.device)
-        pool[start : start + size] = f
-        if logits is not None and lg is not None:
-            logits[start : start + size] = lg
+    with phase(label, n):
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            f, lg = extractor(batches(start, size))
+            if pool is None:
+                # filled where the extractor runs, copied to the host once: no sync per batch
+                pool = torch.empty(n, f.shape[1], dtype=torch.float32, device=f.device)
+                logits = None if lg is None else torch.empty(n, lg.shape[1], dtype=torch.float32, device=lg.device)
+            pool[start : start + size] = f
+            if logits is not None and lg is not None:
+                logits[start : start + size] = lg
+            tick(size)
     assert pool is not None
     return Features(pool.cpu(), None if logits is None else logits.cpu())
 
@@ -118,7 +121,7 @@ def _generated_features(model: GenerativeModel, n: int, extractor: FeatureExtrac
         return to_uint8(x) if x.dim() == 4 else x
 
     with eval_mode(model):
-        return extract(batch, n, extractor, batch_size)
+        return extract(batch, n, extractor, batch_size, "sampling and features")
 
 
 class SampleSource(TypingProtocol):
@@ -252,7 +255,7 @@ class ReferenceCache:
             except Exception as e:  # a damaged cache file is recomputed, never trusted
                 log.warning("reference cache %s is unreadable (%s); recomputing", path, e)
         t0 = time.perf_counter()
-        features = extract(lambda s, k: images[s : s + k].to(device), images.shape[0], extractor, batch_size)
+        features = extract(lambda s, k: images[s : s + k].to(device), images.shape[0], extractor, batch_size, "reference features")
         log.info("reference features of %s/%s (%d images) in %.1f s -> %s", dataset, split, images.shape[0], time.perf_counter() - t0, path)
         try:
             atomic_save({"key": key, "pool": features.pool}, path)
@@ -457,8 +460,10 @@ class Evaluator:
         devices = [model.device] if model.device.type == "cuda" else []
         with eval_mode(model), torch.random.fork_rng(devices=devices):  # dequantisation and IWAE noise: seeded, and invisible to training
             torch.manual_seed(self.seed + RANK_SEED_STRIDE * world.rank)
-            out = [
-                model.log_likelihood(to_model_space(x[i : i + self.batch_size].to(model.device)), k=int(self.options.get("iwae_k", 1))).float()
-                for i in range(0, x.shape[0], self.batch_size)
-            ]
+            out = []
+            with phase("log-likelihoods", x.shape[0]):
+                for i in range(0, x.shape[0], self.batch_size):
+                    batch = to_model_space(x[i : i + self.batch_size].to(model.device))
+                    out.append(model.log_likelihood(batch, k=int(self.options.get("iwae_k", 1))).float())
+                    tick(batch.shape[0])
         return _gathered(Features(torch.cat(out)[:, None].cpu()), world)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gentrain.engine.progress import phase, tick
 from gentrain.errors import GentrainError, check_choice, check_int
 from gentrain.models.likelihood import LEVELS_8BIT, AutoregressiveModel, check_levels, from_levels, gaussian_log_density, to_levels
 
@@ -268,15 +269,17 @@ class PixelCNN(AutoregressiveModel):
         c, h, w = self.shape
         p = next(self.parameters())
         x = torch.zeros(n, c, h, w, device=p.device, dtype=p.dtype)
-        for i in range(h):
-            for j in range(w):
-                for k in range(c):
-                    # causal: rows after i change nothing at row i, so the pass covers rows 0..i only;
-                    # the head is 1x1, so it runs on pixel (i, j) alone
-                    feats = self.net.features(x[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]
-                    logits = self.net.head(feats).view(n, c, self.data_levels)[:, k].float() / t
-                    level = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
-                    x[:, k, i, j] = from_levels(level, self.data_levels).to(x.dtype)
+        with phase("sub-pixels", c * h * w):
+            for i in range(h):
+                for j in range(w):
+                    for k in range(c):
+                        # causal: rows after i change nothing at row i, so the pass covers rows 0..i only;
+                        # the head is 1x1, so it runs on pixel (i, j) alone
+                        feats = self.net.features(x[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]
+                        logits = self.net.head(feats).view(n, c, self.data_levels)[:, k].float() / t
+                        level = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
+                        x[:, k, i, j] = from_levels(level, self.data_levels).to(x.dtype)
+                        tick()
         return x
 
 
@@ -396,15 +399,17 @@ class MADE(AutoregressiveModel):
         t = self.temperature if temperature is None else _temperature(temperature)
         p = next(self.parameters())
         x = torch.zeros(n, self.dims, device=p.device, dtype=p.dtype)
-        for d in self.order.tolist():
-            out = self(x)[:, d].float()
-            if self.images:
-                level = torch.multinomial(F.softmax(out / t, dim=1), 1, generator=generator).squeeze(1)
-                x[:, d] = from_levels(level, self.data_levels).to(x.dtype)
-            else:
-                mean, log_std = self.gaussian(out)
-                noise = torch.randn(n, device=x.device, dtype=mean.dtype, generator=generator)
-                x[:, d] = (mean + t * torch.exp(log_std) * noise).to(x.dtype)
+        with phase("dimensions", self.dims):
+            for d in self.order.tolist():
+                out = self(x)[:, d].float()
+                if self.images:
+                    level = torch.multinomial(F.softmax(out / t, dim=1), 1, generator=generator).squeeze(1)
+                    x[:, d] = from_levels(level, self.data_levels).to(x.dtype)
+                else:
+                    mean, log_std = self.gaussian(out)
+                    noise = torch.randn(n, device=x.device, dtype=mean.dtype, generator=generator)
+                    x[:, d] = (mean + t * torch.exp(log_std) * noise).to(x.dtype)
+                tick()
         return x.view(n, *self.shape)
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.data.base import DataSplit
+from gentrain.engine.progress import phase, tick
 from gentrain.errors import GentrainError, check_choice
 from gentrain.models.base import interpolate_latents
 from gentrain.models.gan import dcgan_layout
@@ -124,15 +125,17 @@ class LatentVariableModel(LikelihoodModel):
         mu, logvar = self.encode(x)
         std = torch.exp(0.5 * logvar)
         log_w = []
-        for start in range(0, k, chunk):
-            m = min(chunk, k - start)
-            eps = torch.randn(m, *mu.shape, device=mu.device, dtype=mu.dtype)
-            z = mu + eps * std  # [m, B, z]
-            params = self.decode(z.reshape(m * mu.shape[0], -1))
-            log_px = self.log_px_given_z(target.repeat(m, *([1] * (target.dim() - 1))), params).view(m, -1)
-            log_pz = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
-            log_qz = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
-            log_w.append(log_px + log_pz - log_qz)
+        with phase("IWAE samples", k):
+            for start in range(0, k, chunk):
+                m = min(chunk, k - start)
+                eps = torch.randn(m, *mu.shape, device=mu.device, dtype=mu.dtype)
+                z = mu + eps * std  # [m, B, z]
+                params = self.decode(z.reshape(m * mu.shape[0], -1))
+                log_px = self.log_px_given_z(target.repeat(m, *([1] * (target.dim() - 1))), params).view(m, -1)
+                log_pz = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
+                log_qz = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
+                log_w.append(log_px + log_pz - log_qz)
+                tick(m)
         return torch.logsumexp(torch.cat(log_w, 0), dim=0) - math.log(k)
 
     # ---- sampling and pictures -----------------------------------------------------------------

@@ -31,6 +31,7 @@ from gentrain.metrics.evaluate import Evaluator, ImageReference, ImageSamples
 from gentrain.metrics.fidelity import Protocol, flat_values, parse_protocol
 from gentrain.metrics.report import evaluation_markdown, evaluation_table, versions, write_json, write_text
 from gentrain.engine.device import device_name
+from gentrain.engine.progress import shown
 from gentrain.sampling import sampling_state
 from gentrain.tasks.common import load_trained, make_evaluator, required, setup_device
 
@@ -64,7 +65,7 @@ def _evaluate_checkpoint(cfg: DictConfig, es: EvalSettings, protocols: list[Prot
     evaluator = make_evaluator(es, reference if reference is not None else dataset, device)
     evaluator.check_model(model)
     t0 = time.perf_counter()
-    with sampling_state(model, average):
+    with sampling_state(model, average), shown(console, _progress(cfg)):
         results = evaluator(model, [es.split])
     elapsed = time.perf_counter() - t0
     report = {
@@ -89,7 +90,8 @@ def _evaluate_samples(cfg: DictConfig, es: EvalSettings, protocols: list[Protoco
     source = ImageSamples(images, device, images.name)
     evaluator.check_source(source)
     t0 = time.perf_counter()
-    results = evaluator(source, [es.split])
+    with shown(console, _progress(cfg)):
+        results = evaluator(source, [es.split])
     elapsed = time.perf_counter() - t0
     report = {
         "samples": str(images.path),
@@ -125,6 +127,11 @@ def _write(cfg: DictConfig, report: dict[str, Any], beside: Path, stem: str, ela
     console.print(evaluation_table(report["evaluation"]))
     console.print(f"report: {json_path} and {md_path.name} ({elapsed:.1f} s)", highlight=False)
     return report
+
+
+def _progress(cfg: DictConfig) -> bool:
+    """Whether sampling and feature extraction may show a live line on a terminal (``logger.progress``; else plain lines)."""
+    return bool(OmegaConf.select(cfg, "logger.progress", default=True))
 
 
 def _option(cfg: DictConfig, key: str) -> Any:

@@ -12,10 +12,11 @@ from rich.console import Console
 
 from gentrain.engine.console import cli_console
 from gentrain.build import sampler_choice
+from gentrain.engine.progress import shown
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import to_uint8
 from gentrain.config import EvalSettings, typed
-from gentrain.sampling import sample_batches, sampling_state
+from gentrain.sampling import draw_samples, sampling_state
 from gentrain.tasks.common import load_trained, required, setup_device
 from gentrain.visual import sample_picture, save_png
 
@@ -33,8 +34,8 @@ def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     path, ckpt, model, average, dataset = load_trained(str(spec), device, use_ema=es.use_ema, sampler=sampler_choice(cfg))
     out_dir = Path(OmegaConf.select(cfg, "out", default=None) or path.parent).expanduser()
     seed = int(OmegaConf.select(cfg, "seed", default=0))
-    with sampling_state(model, average):
-        drawn = list(sample_batches(model, n, seed, es.batch_size))
+    with sampling_state(model, average), shown(console, bool(OmegaConf.select(cfg, "logger.progress", default=True))):
+        drawn = draw_samples(model, n, seed, es.batch_size)
     x = torch.cat([b[0] for b in drawn])
     y = None if drawn[0][1] is None else torch.cat([b[1] for b in drawn])  # type: ignore[misc]
     out_dir.mkdir(parents=True, exist_ok=True)
