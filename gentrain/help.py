@@ -185,14 +185,38 @@ class Meanings:
         return RESERVED.get(parts[-1], "")
 
 
+def chosen_options(cfg: Any) -> dict[str, Any]:
+    """The option of each config group in a composed config: Hydra's record of the choices, with the list-valued
+    ones (``logger=[tensorboard,csv,mlflow,wandb]``, which that record leaves out) from the overrides as lists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    choices = dict(OmegaConf.to_container(cfg.hydra.runtime.choices))
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task))
+    except Exception:  # noqa: BLE001 - composition has accepted them; nothing to add if the grammar differs
+        return choices
+    for o in parsed:
+        value = o.value()
+        if (o.key_or_group in choices or (CONFIG_DIR / o.key_or_group).is_dir()) and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            choices[o.key_or_group] = list(value)
+    return choices
+
+
+def _option_text(chosen: Any) -> str:
+    """A group's choice as typed on the command line: ``dcgan``, ``[tensorboard,csv]``."""
+    return f"[{','.join(map(str, chosen))}]" if isinstance(chosen, (list, tuple)) else str(chosen)
+
+
 def gather_meanings(choices: dict[str, Any], config_dir: Path = CONFIG_DIR) -> Meanings:
     """Meanings from the chosen option of each group (and the files it extends), then config.yaml, then the chosen
     experiment and hyperparameter search (which describe their own values rather than the keys)."""
     m = Meanings(config_dir)
     groups = [g for g in choices if "/" not in g and g not in ("experiment", "hparams_search")]
     for group in groups:
-        if choices[group] is not None:
-            m.add_file(config_dir / group / f"{choices[group]}.yaml", group)
+        chosen = choices[group]
+        for option in chosen if isinstance(chosen, (list, tuple)) else [chosen] if chosen is not None else []:
+            m.add_file(config_dir / group / f"{option}.yaml", group)  # each option of a list (logger=[tensorboard,csv])
     m.add_file(config_dir / "config.yaml", None)
     for group in ("experiment", "hparams_search"):
         if choices.get(group) is not None:
@@ -274,7 +298,7 @@ def render(overrides: list[str], width: int | None = None, config_dir: Path = CO
     width = width or shutil.get_terminal_size((100, 24)).columns
     overrides = _first_values(overrides)
     cfg = compose_app_config(overrides)
-    choices = dict(OmegaConf.to_container(cfg.hydra.runtime.choices))
+    choices = chosen_options(cfg)
     help_cfg = OmegaConf.to_container(cfg.hydra.help, resolve=False)
     plain = OmegaConf.to_container(cfg, resolve=False)
     del plain["hydra"]
@@ -290,7 +314,8 @@ def render(overrides: list[str], width: int | None = None, config_dir: Path = CO
     name_width = max(len(g) for g in options) + 1
     for group, opts in options.items():
         chosen = choices.get(group)
-        head = f"  {group + ':':<{name_width}} {'(none)' if chosen is None else chosen:<15} "
+        shown = "(none)" if chosen is None else _option_text(chosen)
+        head = f"  {group + ':':<{name_width}} {shown:<15} "
         wrapped = _wrap(opts, len(head), width)
         out.append(head + (wrapped[0] if wrapped else ""))
         out += [" " * len(head) + w for w in wrapped[1:]]
@@ -311,7 +336,7 @@ def render(overrides: list[str], width: int | None = None, config_dir: Path = CO
         if section:
             chosen = choices.get(section)
             about = meanings.headers.get(section, "") if chosen is not None else ""
-            title = f"{section} ({section}={chosen})" if chosen is not None else section
+            title = f"{section} ({section}={_option_text(chosen)})" if chosen is not None else section
             first = re.split(r"(?<=\.)\s+(?=[A-Z(])", about, maxsplit=1)[0] if about else ""
             line = f"{title}: {first}" if first else title
             out.append("\n" + (line if len(line) <= width else line[: max(width - 1, len(title))] + "…"))

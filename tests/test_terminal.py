@@ -243,9 +243,9 @@ def test_help_explains_every_key_of_the_default_config(tmp_path):
     assert result.returncode == 0, result.stderr
     keys = help_keys(result.stdout)
     plain = OmegaConf.to_container(compose_app_config([]), resolve=False)
-    expected = [k for k in config_leaves(plain) if k.split(".")[0] not in ("hydra", "logger")]
+    expected = [k for k in config_leaves(plain) if k.split(".")[0] != "hydra"]
     assert expected and all(keys.get(k) for k in expected), [k for k in expected if not keys.get(k)]
-    assert any(k.startswith("logger.") for k in keys)  # printed, with or without a meaning
+    assert keys.get("logger.interp_rows") and keys.get("logger.every")
     lines = result.stdout.splitlines()
     assert any(re.match(r"^  model:\s+dcgan\s+acgan cgan", line) for line in lines)  # the groups, chosen option first
     assert "Usage:" in result.stdout and "Examples:" in result.stdout
@@ -278,17 +278,20 @@ def test_help_imports_no_torch():
 
 
 def test_every_key_of_every_option_has_a_meaning():
-    """Each model, objective, dataset, trainer, eval, device and task option (the rest default): no key without one."""
+    """Each option of every group (the rest default), and a list-valued group choice (all four loggers, whose keys
+    all lost their meanings): no key without one (logger.interp_rows / interp_steps never had one)."""
     from gentrain.config import CONFIG_DIR, compose_app_config
-    from gentrain.help import gather_meanings
+    from gentrain.help import chosen_options, gather_meanings
 
+    runs = [[f"{group}={option}"] for group in ("model", "objective", "dataset", "trainer", "eval", "device", "task", "logger")
+            for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))]
+    runs += [["model=ddpm", f"sampler={option}"] for option in ("ddpm", "ddim")] + [["logger=[tensorboard,csv,mlflow,wandb]"]]
     missing = []
-    for group in ("model", "objective", "dataset", "trainer", "eval", "device", "task"):
-        for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")):
-            cfg = compose_app_config([f"{group}={option}"])
-            meanings = gather_meanings(dict(OmegaConf.to_container(cfg.hydra.runtime.choices)))
-            plain = OmegaConf.to_container(cfg, resolve=False)
-            missing += [f"{group}={option}: {k}" for k in config_leaves(plain) if k.split(".")[0] not in ("hydra", "logger") and not meanings.meaning(k)]
+    for overrides in runs:
+        cfg = compose_app_config(overrides)
+        meanings = gather_meanings(chosen_options(cfg))
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        missing += [f"{' '.join(overrides)}: {k}" for k in config_leaves(plain) if k.split(".")[0] != "hydra" and not meanings.meaning(k)]
     assert not missing, missing
 
 
