@@ -116,7 +116,9 @@ def _one_line(message: str) -> str:
     missing = re.search(r"Could not find '([\w/]+)/([^']*)'", head)
     if missing and rest and rest[0].startswith("Available options"):
         group, option = missing.groups()
-        return f"unknown {group} {option!r}; choose one of: {', '.join(rest[1:])} (e.g. {group}={rest[1]})"
+        plugin = (f"; {group} options beyond Hydra's own come from plugins: the Optuna sweeper and the joblib and submitit "
+                  'launchers install with pip install "gentrain[sweeps]"') if group in ("hydra/sweeper", "hydra/launcher") else ""
+        return f"unknown {group} {option!r}; choose one of: {', '.join(rest[1:])} (e.g. {group}={rest[1]}){plugin}"
     append = next((line.split()[-1] for line in rest if line.startswith("To append to your config use")), None)
     if head.startswith("Could not override") and append:
         key = head.removeprefix("Could not override ").strip("'")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import re
 import math
 from pathlib import Path
@@ -16,7 +18,7 @@ from conftest import TINY, make_config, tiny_overrides
 from gentrain.config import CONFIG_DIR, compose_app_config
 from gentrain.errors import GentrainError
 from gentrain.tasks.optimize import Target, check_sweeper, target, value
-from test_cli import assert_one_line_error, gentrain
+from test_cli import GENTRAIN, assert_one_line_error, gentrain
 
 needs = {name: importlib.util.find_spec(module) is not None for name, module in (
     ("optuna", "hydra_plugins.hydra_optuna_sweeper"), ("joblib", "hydra_plugins.hydra_joblib_launcher"), ("submitit", "hydra_plugins.hydra_submitit_launcher"),
@@ -176,3 +178,18 @@ def test_a_job_that_fails_in_a_launcher_process_fails_the_sweep(tmp_path):
     assert "error: 1 sweep job(s) failed (job 0)" in result.stderr and "MNIST not found" in result.stderr
     assert "Traceback" not in result.stderr and "is validated against ConfigStore schema" not in result.stderr
     assert len(list((tmp_path / "multirun").glob("*/*/1/report.json"))) == 1
+
+
+@pytest.mark.parametrize("args", [["hydra/sweeper=optuna"], ["hparams_search=gan_fid"]], ids=["sweeper", "search-preset"])
+def test_a_missing_sweeps_extra_is_named_with_its_pip_command(args, tmp_path):
+    if GENTRAIN is None:
+        pytest.skip("the gentrain console script is not installed (pip install -e .)")
+    """Without hydra-optuna-sweeper: one line naming ``pip install "gentrain[sweeps]"`` (it only listed ``basic``).
+    The plugin is hidden by an empty package of the same name earlier on the path, which registers no config."""
+    shadow = tmp_path / "shadow" / "hydra_plugins" / "hydra_optuna_sweeper"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([GENTRAIN, "-m", *args, *tiny_overrides("gan_mlp", "ring8", steps=1)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result, "unknown hydra/sweeper 'optuna'", 'pip install "gentrain[sweeps]"')
