@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 help:
 	@echo "make install   create $(VENV) with torch and gentrain (editable, with test extras)"
-	@echo "make train     the main job: DCGAN on the embedded digits (offline, CPU or GPU)"
+	@echo "make train     the main job: DCGAN on the embedded digits, then FID/KID on its test split (offline, CPU or GPU)"
 	@echo "make test      the fast test suite (CPU, offline)"
 	@echo "make test-all  every test, slow ones included"
 	@echo "make wheel     build dist/gentrain-<version>-py3-none-any.whl (configs inside; pip install it anywhere)"
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/gentrain $(ARGS)
+	$(BIN)/gentrain experiment=quickstart $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

