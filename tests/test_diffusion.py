@@ -64,7 +64,7 @@ def test_command_line_overrides_win_over_the_presets_choices(model_first):
     mine = ["objective.schedule=cosine", "objective.prediction=v", "objective.timesteps=20", "sampler=ddim", "sampler.steps=7", "trainer.ema_decay=null"]
     cfg = make_config(["model=ddpm", *mine] if model_first else [*mine, "model=ddpm"])
     assert (cfg.model.schedule, cfg.model.prediction, cfg.model.timesteps) == ("cosine", "v", 20)
-    assert OmegaConf.to_container(cfg.sampler) == {"name": "ddim", "steps": 7, "eta": 0.0, "guidance": None}
+    assert OmegaConf.to_container(cfg.sampler) == {"name": "ddim", "steps": 7, "eta": 0.0, "guidance": None, "pictures": None}
     assert cfg.trainer.ema_decay is None and cfg.trainer.grad_clip == 1.0 and cfg.trainer.warmup_steps == 5000
 
 
@@ -165,7 +165,8 @@ def test_every_option_builds_takes_optimizer_steps_samples_and_scores(dataset, e
     p, chosen = model.process, OmegaConf.to_container(cfg.sampler)
     assert (p.prediction, p.schedule, p.variance) == (cfg.objective.prediction, cfg.objective.schedule, cfg.model.variance)
     expected = SamplerSpec.parse(chosen)
-    expected = dataclasses.replace(expected, guidance=expected.guidance or 0.0)  # null guidance: 0 for a new model
+    # null guidance: 0 for a new model; sampler.pictures' DDIM-50 is no cheaper than T = 10: none
+    expected = dataclasses.replace(expected, guidance=expected.guidance or 0.0, pictures=None)
     assert model.sampler == expected and model.num_classes == cfg.model.num_classes
     before = [q.detach().clone() for q in model.net.parameters()]
     model.train()
@@ -277,7 +278,7 @@ def test_a_conditional_run_writes_every_output(conditional):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["run"]["status"] == "completed" and report["run"]["steps"] == 3
     assert (report["run"]["model"], report["run"]["objective"], report["run"]["dataset"]) == ("ddpm", "ddpm", "digits")
-    assert report["config"]["sampler"] == {"name": "ddim", "steps": 3, "eta": 0.0, "guidance": 1.0}
+    assert report["config"]["sampler"] == {"name": "ddim", "steps": 3, "eta": 0.0, "guidance": 1.0, "pictures": None}
     assert report["config"]["trainer"]["ema_decay"] == 0.9999 and report["config"]["trainer"]["grad_clip"] == 1.0
     assert set(report["metrics"]) == {"nll50", "nll50_bpd"} and all(math.isfinite(v) and v > 0 for v in report["metrics"].values())
     (nll,) = report["evaluation"]
@@ -328,7 +329,7 @@ def test_task_sample_uses_the_runs_sampler_unless_the_command_line_names_one(con
     # the group as the sample task composes it: absent unless chosen
     assert sampler_choice(make_config(["task=sample", f"ckpt={ckpt}"])) is None
     chosen = sampler_choice(make_config(["task=sample", f"ckpt={ckpt}", "sampler=ddim", "sampler.steps=2"]))
-    assert chosen == {"name": "ddim", "steps": 2, "eta": 0.0, "guidance": None}
+    assert chosen == {"name": "ddim", "steps": 2, "eta": 0.0, "guidance": None, "pictures": None}
     assert load_trained(str(ckpt), torch.device("cpu"))[2].sampler == SamplerSpec("ddim", 3, 0.0, 1.0)  # the run's
     replaced = load_trained(str(ckpt), torch.device("cpu"), sampler=chosen)[2].sampler
     assert replaced == SamplerSpec("ddim", 2, 0.0, 1.0)  # fewer steps; the run's guidance kept (it was not named)

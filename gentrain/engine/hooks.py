@@ -185,7 +185,8 @@ class SampleHook(Hook):
         ls = loop.log_settings
         generator = torch.Generator(device=loop.device).manual_seed(loop.settings.seed + FIXED_NOISE_SEED_OFFSET)
         n = ls.n_points if self.reference is not None else ls.n_samples
-        with sampling_state(loop.model, loop.average()):
+        # a model may draw its pictures with a cheaper sampler (sampler.pictures; said at the start and in the report)
+        with sampling_state(loop.model, loop.average()), loop.model.drawing_pictures():
             x, nrow = loop.model.sample_grid(n, generator=generator)
             interpolations = self._interpolations(loop)
             extra = loop.model.pictures(self.picture_batch, generator)

@@ -111,7 +111,8 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
         lines += ["", "## Training curves", "", f"![curves]({os.path.relpath(report['curves'], run_dir)})"]
     if report.get("samples"):
         rel = os.path.relpath(report["samples"], run_dir)
-        lines += ["", "## Samples", "", f"At fixed noise, step {run['steps']}:", "", f"![samples]({rel})"]
+        drawn = f", drawn with {report['samples_sampler']}" if report.get("samples_sampler") else ""
+        lines += ["", "## Samples", "", f"At fixed noise, step {run['steps']}{drawn}:", "", f"![samples]({rel})"]
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     lines += ["## Config", "", "```yaml", report["config_yaml"].rstrip(), "```", ""]
     return "\n".join(lines)

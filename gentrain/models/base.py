@@ -7,6 +7,8 @@ pair is refused at start-up.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -102,6 +104,17 @@ class GenerativeModel(nn.Module):
         """Take the ``sampler`` config group's choice (``sampler=ddim sampler.steps=50``); models without sampler options refuse one."""
         if spec is not None:
             raise GentrainError(f"{type(self).__name__} has no sampler options; sampler= applies to diffusion models (model=ddpm)")
+
+    def picture_sampler(self) -> str | None:
+        """What draws the sample pictures when it is not what evaluation draws with (a cheaper sampler, said in the log and
+        the report); None (the default): pictures and evaluation sample alike."""
+        return None
+
+    @contextmanager
+    def drawing_pictures(self) -> Iterator[None]:
+        """Inside: :meth:`sample_grid`, :meth:`interpolate` and :meth:`pictures` draw as :meth:`picture_sampler` says (the
+        engine's sample pictures; evaluation never enters it). Nothing changes by default."""
+        yield
 
     def ema_target(self) -> str | None:
         """The attribute name of the part whose weights an exponential moving average tracks (None: no such part)."""

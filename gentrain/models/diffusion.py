@@ -26,7 +26,8 @@ Indexing follows the released code (``diffusion_tf/diffusion_utils_2.py``; ``imp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,8 @@ SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixedlarge", "fixedsmall")
 SAMPLERS = ("ddpm", "ddim")
+#: DDIM steps of ``sampler.pictures`` when its ``steps`` is null (used only where fewer than objective.timesteps)
+PICTURE_STEPS = 50
 COSINE_S = 0.008
 
 
@@ -334,15 +337,24 @@ class SamplerSpec:
     steps: int | None = None
     eta: float = 0.0
     guidance: float | None = 0.0  # None only while parsing: set_sampler keeps the current weight
+    #: ``sampler.pictures``: a cheaper sampler for the sample pictures alone (evaluation keeps this one); its guidance is
+    #: this one's, its ``steps`` None (ddim) until set_sampler knows T: PICTURE_STEPS where fewer, else no picture sampler
+    pictures: SamplerSpec | None = None
+
+    def describe(self, timesteps: int) -> str:
+        """``ddpm (ancestral, 1000 steps)``, ``ddim (50 steps, eta 0)``, with ``, guidance 2`` when guided."""
+        what = f"ancestral, {timesteps} steps" if self.name == "ddpm" else f"{self.steps} steps, eta {self.eta:g}"
+        return f"{self.name} ({what}{f', guidance {self.guidance:g}' if self.guidance else ''})"
 
     @classmethod
     def parse(cls, spec: Any) -> SamplerSpec:
         if isinstance(spec, SamplerSpec):
             return spec
         values = dict(spec or {})
-        unknown = sorted(set(values) - {"name", "steps", "eta", "guidance"})
+        unknown = sorted(set(values) - {"name", "steps", "eta", "guidance", "pictures"})
         if unknown:
-            raise GentrainError(f"sampler has no key(s) {unknown}; its keys are name, steps (ddim), eta (ddim) and guidance")
+            raise GentrainError(f"sampler has no key(s) {unknown}; its keys are name, steps (ddim), eta (ddim), guidance and pictures")
+        pictures = cls._parse_pictures(values.get("pictures"))
         name = values.get("name", "ddpm")
         check_choice(name, SAMPLERS, "sampler", "ddim")
         steps, eta, guidance = values.get("steps"), values.get("eta", 0.0), values.get("guidance")
@@ -354,7 +366,24 @@ class SamplerSpec:
             raise GentrainError(f"sampler.eta must be a number >= 0, got {eta!r}; e.g. sampler.eta=0 (deterministic DDIM) or 1")
         if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0):
             raise GentrainError(f"sampler.guidance must be a number >= 0, got {guidance!r}; e.g. sampler.guidance=2.0 (0: no guidance)")
-        return cls(name, steps, float(eta or 0.0), None if guidance is None else float(guidance))  # type: ignore[arg-type]
+        return cls(name, steps, float(eta or 0.0), None if guidance is None else float(guidance), pictures)  # type: ignore[arg-type]
+
+    @classmethod
+    def _parse_pictures(cls, spec: Any) -> SamplerSpec | None:
+        """``sampler.pictures`` (null: the pictures use the sampler itself): name, steps, eta as a sampler's; ddim's
+        ``steps`` may be null (:data:`PICTURE_STEPS`)."""
+        if spec is None or isinstance(spec, SamplerSpec):
+            return spec
+        values = dict(spec) if isinstance(spec, dict) else None
+        if values is None or set(values) - {"name", "steps", "eta"}:
+            raise GentrainError(f"sampler.pictures takes name, steps and eta (the pictures keep sampler.guidance), or null for the "
+                                f"run's own sampler; got {spec!r}; e.g. sampler.pictures={{name:ddim,steps:50}}")
+        auto = values.get("name", "ddpm") == "ddim" and values.get("steps") is None
+        try:
+            parsed = cls.parse({**values, "steps": 1} if auto else values)
+        except GentrainError as e:
+            raise GentrainError(f"sampler.pictures: {e}") from None
+        return dataclasses.replace(parsed, steps=None) if auto else parsed
 
 
 class DiffusionModel(LikelihoodModel):
@@ -396,6 +425,7 @@ class DiffusionModel(LikelihoodModel):
         sampler = SamplerSpec.parse(spec)
         if sampler.guidance is None:
             sampler = dataclasses.replace(sampler, guidance=self.sampler.guidance)
+        sampler = dataclasses.replace(sampler, pictures=self._picture_spec(sampler))
         if sampler.name == "ddim" and sampler.steps is not None and sampler.steps > self.process.timesteps:
             raise GentrainError(f"sampler.steps={sampler.steps} is more than the model's objective.timesteps={self.process.timesteps}, "
                                 f"the most DDIM can visit; e.g. sampler.steps={min(50, self.process.timesteps)}")
@@ -404,6 +434,37 @@ class DiffusionModel(LikelihoodModel):
         if sampler.guidance and self.cond_drop == 0:
             raise GentrainError("sampler.guidance needs the unconditional denoiser, which model.cond_drop=0 never trained; train with model.cond_drop=0.1")
         self.sampler = sampler
+
+    def _picture_spec(self, sampler: SamplerSpec) -> SamplerSpec | None:
+        """``sampler.pictures`` made concrete: the run's guidance; null ddim steps are :data:`PICTURE_STEPS`, or no picture
+        sampler where that is not fewer than T; more steps than T are refused as the run's are."""
+        p, timesteps = sampler.pictures, self.process.timesteps
+        if p is None:
+            return None
+        if p.name == "ddim" and p.steps is None:
+            if PICTURE_STEPS >= timesteps:
+                return None
+            p = dataclasses.replace(p, steps=PICTURE_STEPS)
+        if p.name == "ddim" and p.steps is not None and p.steps > timesteps:
+            raise GentrainError(f"sampler.pictures.steps={p.steps} is more than the model's objective.timesteps={timesteps}, "
+                                f"the most DDIM can visit; e.g. sampler.pictures.steps={min(PICTURE_STEPS, timesteps)}")
+        return dataclasses.replace(p, guidance=sampler.guidance)
+
+    def picture_sampler(self) -> str | None:
+        p = self.sampler.pictures
+        if p is None:
+            return None
+        return f"{p.describe(self.timesteps)} (sampler.pictures; evaluation keeps the run's {self.sampler.describe(self.timesteps)})"
+
+    @contextmanager
+    def drawing_pictures(self) -> Iterator[None]:
+        run = self.sampler
+        if run.pictures is not None:
+            self.sampler = run.pictures
+        try:
+            yield
+        finally:
+            self.sampler = run
 
     def check_data(self, data: DataSplit, dataset: str) -> None:
         super().check_data(data, dataset)

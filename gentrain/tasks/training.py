@@ -280,6 +280,10 @@ def _train(
     )
     console.print(f"[bold]gentrain[/]{start.removeprefix('gentrain')}", highlight=False)
     RUN_LOG.info("%s; command: %s", start, command_line())
+    pictures = s.model.picture_sampler() if s.ls.samples_every else None  # a cheaper sampler for the pictures alone
+    if pictures:
+        console.print(f"sample pictures: drawn with {pictures}", highlight=False)
+        RUN_LOG.info("sample pictures: drawn with %s", pictures)
     if trainer.step >= s.ts.max_steps:
         console.print(f"checkpoint is at step {trainer.step} >= trainer.max_steps={s.ts.max_steps}: nothing to train", highlight=False)
     elif s.ts.warmup_steps > s.ts.max_steps:
@@ -290,7 +294,7 @@ def _train(
         console.print(note, highlight=False)
         RUN_LOG.warning(note)
     result = trainer.fit()
-    report = make_report(choices, resolved, result, s.ts, s.ls, s.device, s.ds.precision, setup_s, n_params, changes, s.world)
+    report = make_report(choices, resolved, result, s.ts, s.ls, s.device, s.ds.precision, setup_s, n_params, changes, s.world, pictures)
     if not s.world.main:
         return report
     write_reports(run_dir, report)
@@ -326,7 +330,9 @@ def make_report(
     n_params: dict[str, int],
     resume_changes: list[str] | None = None,
     world: World | None = None,
+    picture_sampler: str | None = None,
 ) -> dict[str, Any]:
+    """``picture_sampler``: what drew the sample pictures where it is not the run's sampler (``GenerativeModel.picture_sampler``)."""
     world = world or World()
     evaluation = [MetricResult(**r) for r in result.evaluation]
     session_steps = result.step - result.start_step
@@ -361,6 +367,7 @@ def make_report(
         "best": result.best,
         "logger_every": ls.every,
         "samples": str(result.sample_path) if result.sample_path else None,
+        "samples_sampler": picture_sampler if result.sample_path else None,
         "versions": versions(),
         "config": resolved,
         "config_yaml": OmegaConf.to_yaml(OmegaConf.create(resolved)),
