@@ -185,6 +185,7 @@ def test_gradient_average_equals_the_full_batch_gradient(tmp_path):
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
+    """``torchrun --nproc_per_node=2 -m gentrain <args>`` on the CPU, in its own process group (so it can be signalled whole)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gentrain", *args]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -267,9 +268,7 @@ def _long_torchrun(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
     """A torchrun job of 2 CPU ranks that trains until stopped, in its own process group."""
     args = [a for a in tiny_overrides("gan_mlp", "ring8", steps=1_000_000) if not a.startswith(("logger.every", "logger.samples_every"))]
     args += ["logger.every=10", "logger.samples_every=0", "trainer.ckpt_every=0", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gentrain", *args]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = torchrun(args, tmp_path)
     deadline = time.monotonic() + 120
     while not ((run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
