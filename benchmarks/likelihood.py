@@ -180,9 +180,11 @@ def run_model(name: str, args: argparse.Namespace, data_overrides: list[str], ex
         f"model={name}", f"dataset={args.dataset}", f"objective={objective}", f"device={args.device_type}", f"seed={args.seed}",
         f"trainer.max_steps={args.steps}", f"trainer.batch_size={args.batch_size}", "trainer.ckpt_every=0", "logger.progress=false",
         f"logger.samples_every={args.steps}", "logger.interpolations=false", "logger.tensorboard=false",
-        f"eval.metrics=[{metric}]", f"eval.every={args.eval_every}", f"eval.iwae_k={args.iwae_k}",
+        f"eval.metrics=[{metric}]", f"eval.every={args.eval_every}",
         *data_overrides, *extra,
     ]
+    if "iwae_k" in compose([f"model={name}", f"dataset={args.dataset}", f"objective={objective}"]).model:  # the VAEs' own option
+        overrides.append(f"model.iwae_k={args.iwae_k}")
     run_dir = Path(args.runs) / args.dataset / name
     cfg = compose(overrides)
     alpha = OmegaConf.select(cfg, "model.alpha", default=None)
@@ -196,7 +198,7 @@ def run_model(name: str, args: argparse.Namespace, data_overrides: list[str], ex
     else:
         report = train(cfg, run_dir=run_dir, console=console)
         ev = evaluate(
-            compose(["task=eval", f"ckpt={best_path}", f"eval.metrics=[{metric}]", f"eval.iwae_k={args.iwae_k}", f"device={args.device_type}"]),
+            compose(["task=eval", f"ckpt={best_path}", f"eval.metrics=[{metric}]", f"device={args.device_type}"]),
             console=console,
         )
         stamp.write_text(json.dumps(overrides))

@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Loaded", "Result", "evaluate", "load", "train"]
 
-#: What ``log_prob`` needs (the models with ``log_likelihood``), for messages.
-CONDITIONAL_MODELS = "cgan, acgan, ddpm with model.num_classes"
-
-
 # ---- loading ---------------------------------------------------------------------------------------------------------
 @dataclass
 class Loaded:
@@ -62,12 +58,17 @@ class Loaded:
 
     @property
     def conditional(self) -> bool:
-        """Whether the model draws samples of requested classes (cgan, acgan)."""
-        return getattr(self.model, "num_classes", None) is not None
+        """Whether the model draws samples of requested classes (a :class:`~gentrain.models.base.Conditional` model)."""
+        from gentrain.models.base import Conditional
+
+        return isinstance(self.model, Conditional)
 
     @property
     def has_likelihood(self) -> bool:
-        return hasattr(self.model, "log_likelihood")
+        """Whether the model has a log-likelihood (a :class:`~gentrain.models.base.Likelihood` model)."""
+        from gentrain.models.base import Likelihood
+
+        return isinstance(self.model, Likelihood)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -104,7 +105,7 @@ class Loaded:
         ``x``: ``[N, *shape]`` uint8 images (0..255, as the datasets store them) or floats already in model space
         ([-1, 1]); points as floats. This is the number ``nll<count>`` reports (``eval.metrics``): exact for
         pixelcnn and made; for flows the dequantized bound; for ddpm the variational bound (all T terms); for VAEs the importance-weighted (IWAE) lower bound
-        with ``k`` samples, by default the run's ``eval.iwae_k`` (100). Noise (dequantization, IWAE) is drawn from
+        with ``k`` samples, by default the run's ``model.iwae_k`` (100). Noise (dequantization, IWAE) is drawn from
         the torch RNG seeded with ``seed`` inside a fork, so the caller's random stream is untouched; ``seed=0`` and
         ``batch_size=250`` on the first N test examples give exactly the per-example numbers of ``nll<N>``.
         """
@@ -114,18 +115,19 @@ class Loaded:
         from gentrain.shared import to_model_space
 
         if not self.has_likelihood:
-            from gentrain.models.likelihood import LIKELIHOOD_MODELS
+            from gentrain.build import models_with
+            from gentrain.models.base import Likelihood
 
             raise GentrainError(
-                f"log_prob needs a likelihood model ({LIKELIHOOD_MODELS}); this checkpoint's model ({self.model_name}) has no likelihood"
+                f"log_prob needs a likelihood model ({', '.join(models_with(Likelihood))}); this checkpoint's model ({self.model_name}) has no likelihood"
             )
         x = self._examples(x)
-        k = int(self.config.get("eval", {}).get("iwae_k", 100)) if k is None else check_int(k, "k", example=100)
+        options = {} if k is None else {"k": check_int(k, "k", example=100)}  # the model's own option (the VAE's IWAE k)
         batch_size = check_int(batch_size, "batch_size", example=250)
         with torch.no_grad(), sampling_state(self.model):  # eval mode, the global RNG forked
             torch.manual_seed(int(seed))
             out = [
-                self.model.log_likelihood(to_model_space(x[i : i + batch_size].to(self.device)), k=k).float().cpu()  # type: ignore[operator]
+                self.model.log_likelihood(to_model_space(x[i : i + batch_size].to(self.device)), **options).float().cpu()  # type: ignore[attr-defined]
                 for i in range(0, x.shape[0], batch_size)
             ]
         return torch.cat(out)
@@ -156,9 +158,14 @@ class Loaded:
     def _labels(self, labels: Any, n: int) -> Tensor:
         import torch
 
-        k = getattr(self.model, "num_classes", None)
-        if k is None:
-            raise GentrainError(f"labels= needs a conditional model ({CONDITIONAL_MODELS}); this checkpoint's model ({self.model_name}) is unconditional: leave labels out")
+        from gentrain.build import models_with
+        from gentrain.models.base import Conditional
+
+        if not isinstance(self.model, Conditional):
+            raise GentrainError(
+                f"labels= needs a conditional model ({', '.join(models_with(Conditional))}); this checkpoint's model ({self.model_name}) is unconditional: leave labels out"
+            )
+        k = self.model.num_classes
         if isinstance(labels, bool):
             raise GentrainError(f"labels must be class ids 0..{k - 1}, got {labels!r}")
         y = torch.full((n,), int(labels)) if isinstance(labels, int) else torch.as_tensor(labels).flatten()
@@ -194,20 +201,24 @@ def checkpoint_path(path: str | os.PathLike[str]) -> Path:
     return find_checkpoint(p)
 
 
-def load(path: str | os.PathLike[str], device: Any = "auto", use_ema: bool = True, sampler: dict[str, Any] | None = None) -> Loaded:
+def load(
+    path: str | os.PathLike[str], device: Any = "auto", use_ema: bool = True, sampler: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None,
+) -> Loaded:
     """The model of a checkpoint: ``path`` a run directory (its ``checkpoints/last.pt``), a ``.pt`` file, or
     ``<run dir>/best`` or ``<run dir>/last``.
 
     ``device``: auto (CUDA when present), cpu, cuda, cuda:N. With ``use_ema`` (default) the run's weight average,
     when it kept one, is copied into the model, as ``task=sample`` and ``task=eval`` use it. ``sampler`` (diffusion
-    models) replaces the run's sampler, e.g. ``{"name": "ddim", "steps": 50}``.
+    models) replaces the run's sampler, e.g. ``{"name": "ddim", "steps": 50}``; ``model_options`` replaces ``model.*`` keys of
+    the run's config (a family's evaluation knobs, e.g. ``{"iwae_k": 1000}`` for a VAE).
     """
     from gentrain.engine.device import resolve_device
     from gentrain.tasks.common import load_trained
 
     spec = checkpoint_path(path)
     where = resolve_device(str(device))
-    path_, ckpt, model, average, dataset = load_trained(str(spec), where, use_ema=use_ema, sampler=sampler)
+    path_, ckpt, model, average, dataset = load_trained(str(spec), where, use_ema=use_ema, sampler=sampler, model_options=model_options)
     if average is not None and average.module is not None:
         getattr(model, average.name).load_state_dict(average.module.state_dict())
     model.eval()
@@ -363,6 +374,7 @@ def evaluate(
     samples: Any = None,
     overrides: Iterable[str] = (),
     quiet: bool = False,
+    model_options: dict[str, Any] | None = None,
     **eval_options: Any,
 ) -> dict[str, float]:
     """Score a model as ``gentrain task=eval`` does; return the flat metric values (``{"fid10k": ..., "modes2500_fair": ...}``).
@@ -371,8 +383,8 @@ def evaluate(
     with its choice of weights). ``metrics``: protocols as in ``eval.metrics`` (fid10k, kid10k, is10k, pr10k,
     nll<count>, modes<count> ...). ``split``: the data split compared with. ``samples`` / ``reference``: passed
     on as ``samples=`` / ``reference=`` (evaluating image files, where this gentrain has them). Further ``eval.*``
-    settings as keywords (``batch_size=100``, ``seed=1``, ``iwae_k=1000``, ``use_ema=False`` ...); other config
-    overrides in ``overrides``. The report is also written beside the checkpoint (``<name>.eval.json``, ``.eval.md``).
+    settings as keywords (``batch_size=100``, ``seed=1``, ``use_ema=False`` ...); a family's own knobs in ``model_options``
+    (``{"iwae_k": 1000}``); other config overrides in ``overrides``. The report is also written beside the checkpoint (``<name>.eval.json``, ``.eval.md``).
     """
     from omegaconf import open_dict
 
@@ -396,7 +408,11 @@ def evaluate(
     if reference is not None:
         words.append(f"reference={_value(reference)}")
     known = {f.name for f in EvalSettings.__dataclass_fields__.values()} - {"metrics", "split"}
+    if model_options:
+        words.append(f"model_options={_value(dict(model_options))}")
     for key, v in eval_options.items():
+        if key == "iwae_k":
+            raise GentrainError(f"iwae_k is the VAE's own option now: model_options={{'iwae_k': {v!r}}} (at training: model.iwae_k={v!r})")
         if key not in known:
             raise GentrainError(f"{key}= is not an evaluation option; use one of: {', '.join(sorted(known))} (or samples=, reference=, overrides=)")
         words.append(f"eval.{key}={_value(v)}")
@@ -465,4 +481,6 @@ def _value(v: Any) -> str:
         return v if _SIMPLE_VALUE.match(v) else "'" + v.replace("'", "\\'") + "'"
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_value(x)}" for k, x in v.items()) + "}"
     raise GentrainError(f"{v!r} cannot be passed as a config value; give a number, a string, a bool, None or a list")

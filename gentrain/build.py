@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gentrain.config import CONFIG_DIR, compose_app_config
 from gentrain.errors import GentrainError
-from gentrain.models.base import GenerativeModel
+from gentrain.models.base import GenerativeModel, apply_sampler
 from gentrain.objectives.base import Objective
 
 
@@ -82,9 +82,7 @@ def build_model(cfg: DictConfig) -> GenerativeModel:
     model = build(net, "model")
     if not isinstance(model, GenerativeModel):
         raise GentrainError(f"model={choice(cfg, 'model')} builds a {type(model).__name__}, not a gentrain model; check model._target_")
-    sampler = sampler_choice(cfg)
-    if sampler is not None:  # the sampler group (diffusion models); other models refuse a choice
-        model.set_sampler(sampler)
+    apply_sampler(model, sampler_choice(cfg), choice(cfg, "model"))  # the sampler group; models without SamplerOptions refuse one
     return model
 
 
@@ -94,27 +92,71 @@ def sampler_choice(cfg: DictConfig) -> Any:
     return None if chosen is None else OmegaConf.to_container(chosen, resolve=True)
 
 
-def objective_class(target: str) -> type | None:
+def target_class(target: str) -> type | None:
+    """The class a ``_target_`` names, or None where it does not import."""
     module, _, name = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+    if not module:
         return None
+    try:
+        found = vars(importlib.import_module(module)).get(name)
+    except (ImportError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
+
+
+def config_options(group: str) -> list[tuple[str, DictConfig]]:
+    """(name, YAML) of every option of a config group: gentrain's ``configs/<group>/*.yaml`` and those of the
+    directories a user adds (``--config-dir``, ``hydra.searchpath``: the ``GENTRAIN_CONFIG_PATH`` directories)."""
+    from gentrain.config import user_config_dirs
+
+    found: dict[str, DictConfig] = {}
+    for root in [CONFIG_DIR, *user_config_dirs()]:
+        for path in sorted((root / group).glob("*.yaml")):
+            try:
+                found.setdefault(path.stem, OmegaConf.load(path))
+            except Exception:  # a broken YAML of someone else's is not this message's business
+                continue
+    return sorted(found.items())
+
+
+def models_with(capability: type) -> list[str]:
+    """The ``model=`` options whose class has ``capability`` (read from the YAMLs, for messages; called on error paths).
+
+    A model YAML whose class gains the capability with ``num_classes`` (``model=ddpm model.num_classes=10``) is named
+    with that key.
+    """
+    names = []
+    for name, node in config_options("model"):
+        cls = target_class(str(node.get("_target_", "")))
+        if cls is None:
+            continue
+        if issubclass(cls, capability):
+            names.append(name)
+        elif "num_classes" in node and any(issubclass(sub, capability) for sub in _subclasses(cls)):
+            names.append(f"{name} with model.num_classes")
+    return names
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = list(cls.__subclasses__())
+    for sub in list(out):
+        out.extend(_subclasses(sub))
+    return out
 
 
 def fitting_objectives(model: GenerativeModel) -> list[str]:
-    """The names of configs/objective/*.yaml whose objective accepts ``model``."""
+    """The names of the ``objective=`` options whose objective accepts ``model`` (for the refusal's message)."""
     names = []
-    for path in sorted((CONFIG_DIR / "objective").glob("*.yaml")):
-        cls = objective_class(str(OmegaConf.load(path).get("_target_", "")))
+    for name, node in config_options("objective"):
+        cls = target_class(str(node.get("_target_", "")))
         if cls is not None and isinstance(model, getattr(cls, "family", object)):
-            names.append(path.stem)
+            names.append(name)
     return names
 
 
 def build_objective(cfg: DictConfig, model: GenerativeModel) -> Objective:
     objective = build(cfg.objective, "objective")
-    objective.check_model(model, choice(cfg, "objective"), choice(cfg, "model"), fitting_objectives(model))
+    objective.check_model(model, choice(cfg, "objective"), choice(cfg, "model"), lambda: fitting_objectives(model))
     groups = model.param_groups()
     for phase in objective.phases:
         if phase.name not in groups:

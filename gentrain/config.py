@@ -33,6 +33,29 @@ def compose_app_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
+def user_config_dirs() -> list[Path]:
+    """The config directories a run adds to gentrain's own (``--config-dir``, ``hydra.searchpath=[file://...]``,
+    ``pkg://`` packages), as this Hydra run composed them; [] outside a Hydra run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        sources = HydraConfig.get().runtime.config_sources
+    except (ValueError, ImportError):
+        return []
+    dirs = []
+    for source in sources:
+        path = str(source.get("path") or "")
+        if source.get("schema") == "file":
+            dirs.append(Path(path))
+        elif source.get("schema") == "pkg":
+            import importlib.util
+
+            spec = importlib.util.find_spec(path.replace("/", ".")) if path else None
+            if spec is not None and spec.submodule_search_locations:
+                dirs.extend(Path(p) for p in spec.submodule_search_locations)
+    return [d for d in dirs if d.resolve() != CONFIG_DIR]
+
+
 @dataclass
 class TrainerSettings:
     max_steps: int = 2000  # generator (or main-phase) updates
@@ -109,9 +132,8 @@ class EvalSettings:
     cache_dir: str = "~/.cache/gentrain"  # reference features are cached under <cache_dir>/reference
     kid_subsets: int = 100
     kid_subset_size: int = 1000
-    iwae_k: int = 100  # importance samples of the IWAE bound in nll<count> for VAEs
 
-    at_least_one: ClassVar[frozenset[str]] = frozenset({"batch_size", "kid_subsets", "kid_subset_size", "iwae_k"})
+    at_least_one: ClassVar[frozenset[str]] = frozenset({"batch_size", "kid_subsets", "kid_subset_size"})
 
 
 S = TypeVar("S")

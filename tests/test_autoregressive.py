@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from gentrain.build import build_model
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
-from gentrain.models.autoregressive import MADE, PixelCNN
+from gentrain.families.autoregressive.models import MADE, PixelCNN
 from gentrain.models.likelihood import bits_per_dim, from_levels, to_levels
 from conftest import make_config, tiny_overrides
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from conftest import tiny_overrides
 from gentrain.errors import GentrainError
-from gentrain.models.conditional import ACGAN, ConditionalGAN
-from gentrain.objectives.adversarial import NonSaturating
+from gentrain.families.gan.conditional import ACGAN, ConditionalGAN
+from gentrain.families.gan.objectives import NonSaturating
 from gentrain.objectives.base import Batch
-from gentrain.objectives.wasserstein import Wasserstein
+from gentrain.families.gan.wasserstein import Wasserstein
 
 MODELS = [ConditionalGAN, ACGAN]
 OBJECTIVES = ["minimax", "non_saturating", "hinge", "wasserstein", "wasserstein_gp"]

@@ -84,8 +84,8 @@ def experiment_combination(option: str, root: Path) -> list[str]:
     if families:
         counts = ["eval.metrics=[" + ",".join(f"{f}16" if f != "modes" else "modes64" for f in sorted(families)) + "]",
                   "eval.kid_subset_size=8", "eval.batch_size=16", "eval.every=0"]
-        if "nll" in families:
-            counts.append("eval.iwae_k=2")
+        if "nll" in families and OmegaConf.select(preset, "model.iwae_k", default=None) is not None:
+            counts.append("model.iwae_k=2")
     steps, tiny_t = OmegaConf.select(preset, "sampler.steps", default=None), [o for o in tiny_model if o.startswith("objective.timesteps=")]
     if steps is not None and tiny_t and int(steps) > int(tiny_t[0].split("=")[1]):  # a DDIM preset on the tiny T: at most T steps
         counts.append(f"sampler.steps={tiny_t[0].split('=')[1]}")

@@ -21,7 +21,7 @@ from conftest import make_config, quiet_console, tiny_overrides
 from gentrain.build import build, build_model, build_objective, build_optimizers, seed_everything
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
-from gentrain.models.diffusion import GaussianDiffusion, SamplerSpec, cosine_alpha_bar, make_betas
+from gentrain.families.diffusion.model import GaussianDiffusion, SamplerSpec, cosine_alpha_bar, make_betas
 from gentrain.objectives.base import Batch
 from gentrain.shared import to_model_space
 from gentrain.tasks import evaluate, sample
@@ -46,7 +46,7 @@ def ddpm_overrides(dataset: str, steps: int = 3, extra: list[str] | tuple[str, .
 
 def test_model_ddpm_chooses_its_objective_trainer_and_sampler():
     cfg = make_config(["model=ddpm"])
-    assert cfg.objective._target_ == "gentrain.objectives.diffusion.Denoising"
+    assert cfg.objective._target_ == "gentrain.families.diffusion.objective.Denoising"
     assert (cfg.objective.prediction, cfg.objective.schedule, cfg.objective.timesteps) == ("eps", "linear", 1000)
     assert (cfg.trainer.ema_decay, cfg.trainer.grad_clip, cfg.trainer.warmup_steps) == (0.9999, 1.0, 5000)
     assert cfg.sampler.name == "ddpm" and cfg.sampler.guidance is None  # null: 0 in training
@@ -199,7 +199,7 @@ REFUSED = {
     "objective=ddpm-on-dcgan": (["model=dcgan", "objective=ddpm", "device=cpu"], "objective=ddpm needs a DiffusionModel and model=dcgan is not one"),
     "elbo-on-ddpm": (["model=ddpm", "objective=elbo", *SMALL], "objective=elbo needs a LatentVariableModel and model=ddpm is not one; objectives that fit model=ddpm: objective=ddpm"),
     "flow_nll-on-ddpm": (["model=ddpm", "objective=flow_nll", *SMALL], "objective=flow_nll needs a FlowModel and model=ddpm is not one"),
-    "sampler-on-dcgan": (["model=dcgan", "sampler=ddim", "device=cpu"], "has no sampler options; sampler= applies to diffusion models"),
+    "sampler-on-dcgan": (["model=dcgan", "sampler=ddim", "device=cpu"], "has no sampler options; sampler= applies to ddpm"),
     "guidance-unconditional": (["model=ddpm", "sampler.guidance=2", *SMALL], "sampler.guidance needs a class-conditional model"),
     "guidance-without-cond_drop": (
         ["model=ddpm", "model.num_classes=10", "model.cond_drop=0", "sampler.guidance=2", *SMALL], "which model.cond_drop=0 never trained",

@@ -1,4 +1,4 @@
-"""The mathematics of gentrain.models.diffusion against independent references.
+"""The mathematics of gentrain.families.diffusion.model against independent references.
 
 Every reference here is written out in the test (numpy float64, scipy, exact Gaussian algebra or Monte Carlo
 over the per-step kernels), never by calling the code path under test. Notation follows the code: model index
@@ -18,7 +18,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from gentrain.models.diffusion import (
+from gentrain.families.diffusion.model import (
     DDPM,
     DiffusionModel,
     GaussianDiffusion,

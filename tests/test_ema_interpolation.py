@@ -13,7 +13,7 @@ from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.engine.ema import EMA
 from gentrain.errors import GentrainError
 from gentrain.models.base import interpolate_latents
-from gentrain.models.gan import GanMLP
+from gentrain.families.gan.models import GanMLP
 from gentrain.tasks import common, evaluate, sample
 from test_metrics import TinyExtractor
 

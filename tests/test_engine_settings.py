@@ -145,7 +145,7 @@ def test_trainer_deterministic_turns_on_deterministic_kernels_for_the_run_and_re
     """A process-wide setting: on for the run's steps, pictures and evaluation, then back as the process had it."""
     import os
 
-    from gentrain.objectives.adversarial import AdversarialObjective
+    from gentrain.families.gan.objectives import AdversarialObjective
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     original, seen = AdversarialObjective.step, []
@@ -171,7 +171,7 @@ def test_bad_trainer_deterministic_and_an_op_without_a_deterministic_kernel_are_
     with pytest.raises(GentrainError, match="trainer.deterministic") as e:
         train_run(tiny_overrides("gan_mlp", "moons", extra=["trainer.deterministic=sometimes"]))
     assert "\n" not in str(e.value)
-    from gentrain.objectives.adversarial import AdversarialObjective
+    from gentrain.families.gan.objectives import AdversarialObjective
 
     def step(self, phase, model, batch):  # what torch raises for such an op (e.g. some CUDA scatter and upsampling backwards)
         raise RuntimeError("scatter_add_cuda_kernel does not have a deterministic implementation, but you set 'torch.use_deterministic_algorithms(True)'.\nmore")

@@ -11,7 +11,7 @@ import torch
 from conftest import make_config, tiny_overrides
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
-from gentrain.models.flow_layers import (
+from gentrain.families.flows.layers import (
     ActNorm,
     ChannelCoupling,
     CheckerboardCoupling,
@@ -22,7 +22,7 @@ from gentrain.models.flow_layers import (
     VectorCoupling,
     standard_normal_log_prob,
 )
-from gentrain.models.flows import Glow, RealNVP
+from gentrain.families.flows.models import Glow, RealNVP
 from gentrain.models.likelihood import LOG_256, bits_per_dim, dequantize, from_levels, logit_transform
 
 # ---- helpers -----------------------------------------------------------------------------------

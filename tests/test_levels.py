@@ -24,10 +24,10 @@ from gentrain.data.base import Dataset, DataSplit, value_off_levels
 from gentrain.data.images import Digits, ImageFolder
 from gentrain.engine.loader import to_model_space
 from gentrain.errors import GentrainError
-from gentrain.models.autoregressive import MADE, PixelCNN
-from gentrain.models.flows import Glow, RealNVP
+from gentrain.families.autoregressive.models import MADE, PixelCNN
+from gentrain.families.flows.models import Glow, RealNVP
 from gentrain.models.likelihood import bits_per_dim, dequantize, from_levels, logit_transform, to_levels
-from gentrain.models.vae import VAE
+from gentrain.families.vae.model import VAE
 
 
 def stored(levels: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from gentrain.data.toy import Ring8
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import Evaluator, ReferenceCache, extract, to_uint8
 from gentrain.metrics.fidelity import Features, compute, frechet_distance, headline_direction, moments, parse_protocol
-from gentrain.models.gan import DCGAN
+from gentrain.families.gan.models import DCGAN
 
 
 class TinyExtractor(nn.Module):
@@ -266,7 +266,7 @@ def test_extract_keeps_features_not_images():
 
 def test_mode_coverage_protocol_on_toy_points(tmp_path):
     from gentrain.data.toy import Grid25
-    from gentrain.models.gan import GanMLP
+    from gentrain.families.gan.models import GanMLP
 
     torch.manual_seed(0)
     model = GanMLP(shape=(2,), z_dim=4, g_widths=(8,), d_widths=(8,))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gentrain.errors import GentrainError
-from gentrain.models.gan import DCGAN, GanMLP, dcgan_layout
+from gentrain.families.gan.models import DCGAN, GanMLP, dcgan_layout
 
 
 def layers_of(module: nn.Module, kind: type) -> list[nn.Module]:

@@ -17,11 +17,11 @@ from torch import nn
 from conftest import make_config, quiet_console, tiny_overrides
 from gentrain.build import compose
 from gentrain.errors import GentrainError
-from gentrain.models.conditional import ConditionalGAN
-from gentrain.models.gan import DCGAN, GanMLP, Maxout, mlp_discriminator, mlp_generator
-from gentrain.objectives.adversarial import Hinge, Minimax, NonSaturating
+from gentrain.families.gan.conditional import ConditionalGAN
+from gentrain.families.gan.models import DCGAN, GanMLP, Maxout, mlp_discriminator, mlp_generator
+from gentrain.families.gan.objectives import Hinge, Minimax, NonSaturating
 from gentrain.objectives.base import Batch
-from gentrain.objectives.wasserstein import Wasserstein, WassersteinGP
+from gentrain.families.gan.wasserstein import Wasserstein, WassersteinGP
 from gentrain.tasks.training import prepare, train
 
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from gentrain.errors import GentrainError
-from gentrain.models.gan import GanMLP
-from gentrain.objectives.adversarial import AdversarialObjective, Hinge, Minimax, NonSaturating
+from gentrain.families.gan.models import GanMLP
+from gentrain.families.gan.objectives import AdversarialObjective, Hinge, Minimax, NonSaturating
 from gentrain.objectives.base import Batch, Phase
-from gentrain.objectives.wasserstein import Wasserstein, WassersteinGP
+from gentrain.families.gan.wasserstein import Wasserstein, WassersteinGP
 
 
 def tiny_gan(seed: int = 0) -> GanMLP:

@@ -12,7 +12,7 @@ from conftest import make_config, quiet_console
 from gentrain.build import build_model
 from gentrain.engine.progress import open_phases
 from gentrain.errors import GentrainError
-from gentrain.models.diffusion import DiffusionModel, SamplerSpec
+from gentrain.families.diffusion.model import DiffusionModel, SamplerSpec
 from test_diffusion import SMALL, ddpm_overrides
 from test_metrics import TinyExtractor
 

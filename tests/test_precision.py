@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from gentrain.data.images import Digits
-from gentrain.models.flow_layers import InvertibleLinearLU, ResNetCouplingNet, VectorCoupling, ZeroConv2d
-from gentrain.models.flows import Glow, RealNVP
+from gentrain.families.flows.layers import InvertibleLinearLU, ResNetCouplingNet, VectorCoupling, ZeroConv2d
+from gentrain.families.flows.models import Glow, RealNVP
 from gentrain.models.likelihood import bits_per_dim, from_levels
 
 Flow = Glow | RealNVP

@@ -15,8 +15,8 @@ from gentrain.data.base import DataSplit
 from gentrain.engine.ema import EMA
 from gentrain.engine.loader import BatchStream
 from gentrain.engine.trainer import Trainer
-from gentrain.models.base import AdversarialModel
-from gentrain.models.gan import GanMLP
+from gentrain.families.gan.base import AdversarialModel
+from gentrain.families.gan.models import GanMLP
 from gentrain.sampling import sample_batches, sampling_state
 from gentrain.tasks import sample
 from gentrain.tasks.training import prepare

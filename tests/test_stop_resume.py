@@ -20,7 +20,7 @@ from gentrain.shared import atomic_save
 from gentrain.engine.rundir import RunDirectory, trim_metrics, writable_error
 from gentrain.engine.trainer import Interrupted
 from gentrain.errors import GentrainError
-from gentrain.objectives.adversarial import AdversarialObjective
+from gentrain.families.gan.objectives import AdversarialObjective
 from gentrain.tasks import train
 from test_metrics import TinyExtractor
 

@@ -199,7 +199,7 @@ def test_a_streamed_run_draws_what_the_in_memory_run_draws_and_resumes_exactly(f
     in-memory run bitwise, and a streamed run that crashed after its checkpoint resumes to the same state."""
     from conftest import make_config, quiet_console, tiny_overrides
     from gentrain.engine.checkpoint import load_checkpoint
-    from gentrain.objectives.likelihood import ELBO as ELBOObjective
+    from gentrain.families.vae.objective import ELBO as ELBOObjective
     from gentrain.tasks import train
     from test_stop_resume import assert_same_state, records, without_timing
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_config, quiet_console, tiny_overrides
 from gentrain.errors import GentrainError
-from gentrain.models.vae import VAE, ConvVAE, gaussian_kl
+from gentrain.families.vae.model import VAE, ConvVAE, gaussian_kl
 from gentrain.tasks import train
 
 def overrides(model: str, dataset: str, steps: int = 3, extra: list[str] | None = None) -> list[str]:
@@ -113,7 +113,7 @@ def test_vaes_train_and_write_their_pictures(train_run, model, dataset, extra):
 
 
 def test_iwae_evaluation_is_reported_in_nats_and_bits(train_run):
-    run_dir, report = train_run(overrides("vae", "digits", extra=["eval.metrics=[nll100]", "eval.iwae_k=8", "eval.batch_size=50"]))
+    run_dir, report = train_run(overrides("vae", "digits", extra=["eval.metrics=[nll100]", "model.iwae_k=8", "eval.batch_size=50"]))
     (result,) = report["evaluation"]
     assert result["n_reference"] == 100 and result["reference_split"] == "digits/test" and result["n_generated"] is None
     assert "IWAE bound of the binarised pixels, k=8" in result["notes"][0]
@@ -125,7 +125,7 @@ def test_iwae_evaluation_is_reported_in_nats_and_bits(train_run):
 def test_likelihood_evaluation_does_not_disturb_training(train_run):
     """Evaluating (with its own seeded noise) leaves the run's RNG stream, and so its weights, unchanged."""
     _, a = train_run(overrides("vae", "digits", steps=4), "a")
-    _, b = train_run(overrides("vae", "digits", steps=4, extra=["eval.metrics=[nll50]", "eval.every=2", "eval.iwae_k=2"]), "b")
+    _, b = train_run(overrides("vae", "digits", steps=4, extra=["eval.metrics=[nll50]", "eval.every=2", "model.iwae_k=2"]), "b")
     assert a["final"]["train/main/elbo"] == b["final"]["train/main/elbo"]
 
 

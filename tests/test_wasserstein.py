@@ -10,11 +10,11 @@ from conftest import make_config, tiny_overrides
 from gentrain.build import build_model, build_objective, build_optimizers
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
-from gentrain.models.base import AdversarialModel
-from gentrain.models.gan import DCGAN, GanMLP
-from gentrain.objectives.adversarial import Hinge
+from gentrain.families.gan.base import AdversarialModel
+from gentrain.families.gan.models import DCGAN, GanMLP
+from gentrain.families.gan.objectives import Hinge
 from gentrain.objectives.base import Batch
-from gentrain.objectives.wasserstein import Wasserstein, WassersteinGP, clip_weights_, gradient_penalty
+from gentrain.families.gan.wasserstein import Wasserstein, WassersteinGP, clip_weights_, gradient_penalty
 
 
 def test_gradient_penalty_of_a_linear_critic_is_exact():
@@ -114,7 +114,7 @@ def test_hinge_losses():
 
 
 def test_clipping_keeps_every_critic_weight_in_bounds_after_every_critic_step(train_run, monkeypatch):
-    from gentrain.objectives import wasserstein
+    from gentrain.families.gan import wasserstein
 
     seen = []
     original = wasserstein.clip_weights_

@@ -35,6 +35,7 @@ from torch import Tensor
 from gentrain.engine.ema import EMA
 from gentrain.engine.console import format_logs
 from gentrain.engine.rundir import RUN_LOG
+from gentrain.models.base import Latent
 from gentrain.sampling import sampling_state
 from gentrain.shared import atomic_save
 from gentrain.visual import image_grid, sample_picture, save_png
@@ -207,7 +208,7 @@ class SampleHook(Hook):
     def _interpolations(self, loop: Trainer) -> dict[str, Tensor]:
         """Linear and spherical latent interpolation grids (images only: a path of 2-D points is no picture)."""
         ls = loop.log_settings
-        if not ls.interpolations or self.reference is not None:
+        if not ls.interpolations or self.reference is not None or not isinstance(loop.model, Latent):
             return {}
         grids = {}
         for kind, spherical in (("lerp", False), ("slerp", True)):

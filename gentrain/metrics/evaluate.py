@@ -30,8 +30,7 @@ from gentrain.engine import distributed
 from gentrain.engine.progress import phase, tick
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import DEFAULT_SPLIT, FAMILIES, Features, MetricResult, Protocol, compute, parse_protocol
-from gentrain.models.base import GenerativeModel
-from gentrain.models.likelihood import LIKELIHOOD_MODELS
+from gentrain.models.base import GenerativeModel, Likelihood
 from gentrain.shared import atomic_save, to_model_space, to_uint8
 from gentrain.sampling import eval_mode, sample_batches
 
@@ -387,8 +386,10 @@ class Evaluator:
     def check_model(self, model: GenerativeModel) -> None:
         """Refuse, at start-up, likelihood metrics for a model that has no likelihood."""
         for p in self.protocols:
-            if p.family.space == "likelihood" and not hasattr(model, "log_likelihood"):
-                raise GentrainError(f"{p.name} needs a likelihood model ({LIKELIHOOD_MODELS}); {type(model).__name__} has none")
+            if p.family.space == "likelihood" and not isinstance(model, Likelihood):
+                from gentrain.build import models_with
+
+                raise GentrainError(f"{p.name} needs a likelihood model ({', '.join(models_with(Likelihood))}); {type(model).__name__} has none")
 
     def check_source(self, source: GenerativeModel | SampleSource) -> None:
         """Refuse, at start-up, what ``source`` cannot give: likelihoods need a model, not images."""
@@ -418,8 +419,7 @@ class Evaluator:
                 assert protocol.split is not None
                 result = compute(protocol, self.log_likelihoods(model, protocol.split, protocol.n), None, self.options)  # type: ignore[arg-type]
                 result.extractor = "log-likelihood"
-                kind = getattr(model, "likelihood_kind", "exact")
-                result.notes.append(f"{kind}, k={self.options.get('iwae_k', 1)}" if kind.startswith("IWAE") else kind)
+                result.notes.append(model.likelihood_kind)  # type: ignore[union-attr]  # which bound, with its options
             else:
                 assert gen is not None and self.extractor is not None
                 ref = self._reference[protocol.split] if protocol.family.needs_reference and protocol.split else None
@@ -448,7 +448,7 @@ class Evaluator:
         ]
 
     @torch.no_grad()
-    def log_likelihoods(self, model: GenerativeModel, split: str, n: int) -> Features:
+    def log_likelihoods(self, model: Likelihood, split: str, n: int) -> Features:
         """log p(x) [N, 1] of the first ``n`` examples of ``split``, in batches; the global RNG is left as it was."""
 
         x = self.split_data(split)[:n]
@@ -464,6 +464,6 @@ class Evaluator:
             with phase("log-likelihoods", x.shape[0]):
                 for i in range(0, x.shape[0], self.batch_size):
                     batch = to_model_space(x[i : i + self.batch_size].to(model.device))
-                    out.append(model.log_likelihood(batch, k=int(self.options.get("iwae_k", 1))).float())
+                    out.append(model.log_likelihood(batch).float())
                     tick(batch.shape[0])
         return _gathered(Features(torch.cat(out)[:, None].cpu()), world)

@@ -1,12 +1,22 @@
-"""Model families: what objectives may rely on.
+"""What a model is, and what it can do, by type.
 
-Every model maps phase names to parameter groups (the engine builds one optimizer per group) and
-samples. A family is a base class: an objective declares the family it needs, and an incompatible
-pair is refused at start-up.
+Every model is a :class:`GenerativeModel`: it maps phase names to parameter groups (the engine builds
+one optimizer per group) and samples. What else it can do it declares by the capability types it
+inherits, and shared code asks ``isinstance``, never ``hasattr`` or a list of names:
+
+- :class:`Likelihood`: ``log_prob`` and the number evaluation reports (``nll<count>``, ``Loaded.log_prob``),
+  with ``likelihood_kind`` saying which bound it is;
+- :class:`Conditional`: samples of requested classes, ``num_classes`` of them;
+- :class:`Latent`: paths through a latent space (interpolation pictures, ``task=sample interpolate=``);
+- :class:`SamplerOptions`: takes the ``sampler`` config group (``sampler=ddim sampler.steps=50``).
+
+An objective names the model type it needs (``Objective.family``); an incompatible pair is refused at
+start-up. Lists of models in messages come from ``configs/model/*.yaml`` (:func:`gentrain.build.models_with`).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -63,18 +73,9 @@ class GenerativeModel(nn.Module):
         """Samples and their class labels [n] (None for unconditional models)."""
         return self.sample(n, generator=generator), None
 
-    def sample_of_labels(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Samples of the classes ``y`` (conditional models), drawing from ``generator`` as :meth:`sample_with_labels` does
-        (the labels it would draw are drawn and dropped), so only the classes differ from an unlabelled draw."""
-        raise GentrainError(f"{type(self).__name__} is not class-conditional; leave labels out")
-
     def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
         """About ``n`` samples for a picture and the images per row (None: square); conditional models give one row per class."""
         return self.sample(n, generator=generator), None
-
-    def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor | None:
-        """Samples along latent paths, [rows * steps, ...] row by row; None for models without a latent space."""
-        return None
 
     def pictures(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, tuple[Tensor, int]]:
         """Extra pictures for TensorBoard and samples/: name -> (images [N, C, H, W] in [-1, 1], images per row).
@@ -100,11 +101,6 @@ class GenerativeModel(nn.Module):
         y = self.random_labels(rows, generator)
         return None if y is None else y.repeat_interleave(steps)
 
-    def set_sampler(self, spec: Any) -> None:
-        """Take the ``sampler`` config group's choice (``sampler=ddim sampler.steps=50``); models without sampler options refuse one."""
-        if spec is not None:
-            raise GentrainError(f"{type(self).__name__} has no sampler options; sampler= applies to diffusion models (model=ddpm)")
-
     def picture_sampler(self) -> str | None:
         """What draws the sample pictures when it is not what evaluation draws with (a cheaper sampler, said in the log and
         the report); None (the default): pictures and evaluation sample alike."""
@@ -128,89 +124,61 @@ class GenerativeModel(nn.Module):
         return next(self.parameters()).device
 
 
-def spectral_norm_(module: nn.Module) -> nn.Module:
-    """Spectral normalisation (Miyato et al. 2018) of every convolution and linear layer of ``module``, in place."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            setattr(module, name, nn.utils.parametrizations.spectral_norm(child))
-        else:
-            spectral_norm_(child)
-    return module
+# ---- capabilities: declared by type ----------------------------------------------------------------------------------
+class Likelihood(ABC):
+    """A model with a log-likelihood (or a bound on it): ``nll<count>`` metrics, ``Loaded.log_prob``, bits/dim.
 
-
-class AdversarialModel(GenerativeModel):
-    """A generator ``G(z, y) -> x`` and a discriminator (critic) ``D(x, y) -> (logit [B], class logits [B, K] or None)``.
-
-    Unconditional models ignore ``y``. A model built with ``pack > 1`` has a discriminator that takes
-    ``pack`` samples concatenated (PacGAN); the objective packs the batches it feeds it. Conditional models set ``num_classes`` and override
-    :meth:`generate` and :meth:`discriminate`; auxiliary-classifier models return class logits.
+    ``log_prob(x) -> [B]`` nats of a batch in model space (the training objective's number);
+    ``log_likelihood(x, **options) -> [B]`` the number evaluation reports (``log_prob`` for exact models,
+    a tighter bound for some: the VAE's IWAE bound takes ``k``); ``likelihood_kind`` says in words which
+    it is, with the options it uses (the report's note).
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, z_dim: int, spectral_norm: bool = False, pack: int = 1) -> None:
-        super().__init__()
-        self.generator = generator
-        self.discriminator = spectral_norm_(discriminator) if spectral_norm else discriminator
-        self.z_dim = z_dim
-        #: How many samples the discriminator judges at once (PacGAN, Lin et al. 2018): its input is
-        #: ``pack`` samples concatenated along the first data axis (see ``objective.pack``).
-        self.pack = pack
+    likelihood_kind: str = "exact"
 
-    @property
-    def conditional(self) -> bool:
-        return self.num_classes is not None
+    @abstractmethod
+    def log_prob(self, x: Tensor) -> Tensor: ...
 
-    def param_groups(self) -> dict[str, nn.Module]:
-        return {"G": self.generator, "D": self.discriminator}
+    def log_likelihood(self, x: Tensor, **options: Any) -> Tensor:
+        if options:
+            raise GentrainError(f"{type(self).__name__} takes no likelihood options, got {sorted(options)}; leave them out")
+        return self.log_prob(x)
 
-    def ema_target(self) -> str | None:
-        return "generator"
 
-    def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor:
-        z = interpolate_latents(self.noise(rows, generator=generator), self.noise(rows, generator=generator), steps, spherical)
-        return self.generate(z.reshape(rows * steps, -1), self.path_labels(rows, steps, generator))
+class Conditional(ABC):
+    """A class-conditional model: samples of requested classes ``0..num_classes-1``."""
 
-    def noise(self, n: int, device: torch.device | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Latent codes z ~ N(0, I), [n, z_dim]."""
-        return torch.randn(n, self.z_dim, device=device or self.device, generator=generator)
+    num_classes: int
 
-    def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.generator(z)
-
-    def discriminate(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        return self.discriminator(x).flatten(), None
-
-    def critic_weights(self) -> list[Tensor]:
-        """The weights of the critic ``f(x)`` whose Lipschitz constant in ``x`` WGAN's clipping bounds.
-
-        WGAN (Arjovsky et al. 2017) keeps ``f`` K-Lipschitz by clamping these tensors to [-c, c] in
-        place after every critic step. Here: every discriminator parameter (batch-norm affine
-        parameters and spectral norm's original weights included), as the paper's released code
-        clamps every parameter of its critic (``for p in netD.parameters(): p.data.clamp_(...)``,
-        github.com/martinarjovsky/WassersteinGAN, main.py). Models whose discriminator holds
-        tensors that are not weights of ``f`` (a label embedding, a class head) leave them out or
-        return views of the parameters (sharing their storage, so clamping a view clamps the
-        parameter).
-        """
-        return list(self.discriminator.parameters())
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.sample_with_labels(n, generator)[0]
-
-    def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
-        z = self.noise(n, generator=generator)
-        y = self.random_labels(n, generator)
-        return self.generate(z, y), y
-
+    @abstractmethod
     def sample_of_labels(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        z = self.noise(y.shape[0], generator=generator)
-        self.random_labels(y.shape[0], generator)  # drawn and dropped: the noise stream of an unlabelled draw
-        return self.generate(z, y)
+        """Samples of the classes ``y``, drawing from ``generator`` as ``sample_with_labels`` does (the labels it would draw
+        are drawn and dropped), so only the classes differ from an unlabelled draw."""
 
-    def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
-        if self.num_classes is None:
-            return self.sample(n, generator), None
-        y, per_class = self.grid_labels(n)
-        return self.generate(self.noise(y.shape[0], generator=generator), y), per_class
 
-    def check_data(self, data: DataSplit, dataset: str) -> None:
-        check_labels(self.num_classes, data, dataset, "an unconditional model (e.g. model=dcgan)")
+class Latent(ABC):
+    """A model with a latent space to walk: interpolation pictures and ``task=sample interpolate=``."""
+
+    @abstractmethod
+    def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor | None:
+        """Samples along ``rows`` latent paths of ``steps`` points, [rows * steps, ...] row by row; None where this instance
+        has no such picture (e.g. a diffusion model on vectors)."""
+
+
+class SamplerOptions(ABC):
+    """A model whose sampling takes options: the ``sampler`` config group (``sampler=ddim sampler.steps=50``)."""
+
+    @abstractmethod
+    def set_sampler(self, spec: Any) -> None:
+        """Sample as ``spec`` (the group's keys as a dict) says from now on."""
+
+
+def apply_sampler(model: GenerativeModel, spec: Any, model_name: str) -> None:
+    """Give ``model`` the ``sampler`` group's choice; a model without sampler options refuses one in one line."""
+    if spec is None:
+        return
+    if not isinstance(model, SamplerOptions):
+        from gentrain.build import models_with
+
+        raise GentrainError(f"model={model_name} has no sampler options; sampler= applies to {', '.join(models_with(SamplerOptions)) or 'none'}")
+    model.set_sampler(spec)

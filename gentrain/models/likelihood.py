@@ -33,10 +33,8 @@ from torch import Tensor, nn
 from gentrain.data.base import MAX_LEVELS, DataSplit, value_off_levels
 from gentrain.data.base import check_levels as check_data_levels
 from gentrain.errors import GentrainError
-from gentrain.models.base import GenerativeModel
+from gentrain.models.base import GenerativeModel, Likelihood
 
-#: The models with a likelihood (``nll<count>``, ``Loaded.log_prob``), for messages.
-LIKELIHOOD_MODELS = "vae, conv_vae, realnvp, glow, pixelcnn, made, ddpm"
 #: The levels of 8-bit images: the default of image data.
 LEVELS_8BIT = MAX_LEVELS
 LOG_256 = math.log(256.0)
@@ -53,20 +51,11 @@ def gaussian_log_density(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return sum_except_batch(-0.5 * ((x - mean) * torch.exp(-log_std)).pow(2) - log_std - 0.5 * LOG_2PI)
 
 
-class LikelihoodModel(GenerativeModel):
+class LikelihoodModel(GenerativeModel, Likelihood):
     """Base of models trained on (a bound of) the log-likelihood, in one phase."""
-
-    #: What the reported likelihood is, for reports ("exact", "dequantized bound", "IWAE bound" ...).
-    likelihood_kind: str = "exact"
 
     def param_groups(self) -> dict[str, nn.Module]:
         return {"main": self}
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def log_likelihood(self, x: Tensor, k: int = 1) -> Tensor:
-        return self.log_prob(x)
 
     def pictures(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, tuple[Tensor, int]]:
         """For 2-D points: the learned density on the data's bounding box."""
@@ -89,14 +78,8 @@ class LikelihoodModel(GenerativeModel):
             )
 
 
-class FlowModel(LikelihoodModel):
-    """Normalizing flows (objective=flow_nll)."""
-
-    likelihood_kind = "dequantized (8-bit images: a lower bound on the discrete log-likelihood)"
 
 
-class AutoregressiveModel(LikelihoodModel):
-    """Autoregressive models (objective=ar_nll)."""
 
 
 def bits_per_dim(log_p: Tensor, dims: int) -> Tensor:

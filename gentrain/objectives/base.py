@@ -8,6 +8,7 @@ precision, logging, checkpoints. It never calls ``backward()`` or ``optimizer.st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -63,10 +64,10 @@ class Objective:
     def check_batch_size(self, batch_size: int) -> None:
         """Refuse a ``trainer.batch_size`` the objective cannot split (e.g. into packs) with one line; any size by default."""
 
-    def check_model(self, model: nn.Module, objective_name: str, model_name: str, fitting: list[str]) -> None:
-        """Refuse an incompatible model at start-up, naming the objectives that do fit it."""
+    def check_model(self, model: nn.Module, objective_name: str, model_name: str, fitting: Callable[[], list[str]]) -> None:
+        """Refuse an incompatible model at start-up, naming the objectives that do fit it (``fitting()``, read only then)."""
         if not isinstance(model, self.family):
-            options = ", ".join(f"objective={n}" for n in fitting) or "none yet"
+            options = ", ".join(f"objective={n}" for n in fitting()) or "none yet"
             raise GentrainError(
                 f"objective={objective_name} needs a {self.family.__name__} and model={model_name} is not one; "
                 f"objectives that fit model={model_name}: {options}"

@@ -18,7 +18,7 @@ from gentrain.engine.device import check_precision, configure_backends, resolve_
 from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import Evaluator, FeatureExtractor, ReferenceCache
 from gentrain.metrics.fidelity import headline_direction, parse_protocol
-from gentrain.models.base import GenerativeModel
+from gentrain.models.base import GenerativeModel, apply_sampler
 
 
 def setup_device(cfg: DictConfig) -> tuple[torch.device, DeviceSettings]:
@@ -38,7 +38,7 @@ def inception_extractor(es: EvalSettings, device: torch.device) -> FeatureExtrac
 
 
 def make_evaluator(es: EvalSettings, dataset: Dataset, device: torch.device) -> Evaluator:
-    options = {"kid_subsets": es.kid_subsets, "kid_subset_size": es.kid_subset_size, "iwae_k": es.iwae_k}
+    options = {"kid_subsets": es.kid_subsets, "kid_subset_size": es.kid_subset_size}
     return Evaluator(
         es.metrics, dataset, es.split, lambda: inception_extractor(es, device), ReferenceCache(Path(es.cache_dir)), device,
         batch_size=es.batch_size, seed=es.seed, options=options,
@@ -60,6 +60,16 @@ def best_key(es: EvalSettings, split: str) -> tuple[str, bool]:
     return protocol.on(split).name + suffix, higher
 
 
+def model_options(cfg: DictConfig) -> dict[str, Any]:
+    """``model_options`` of task=eval/sample: ``model.*`` keys the checkpoint's model is rebuilt with ({iwae_k: 1000})."""
+    value = OmegaConf.select(cfg, "model_options", default=None)
+    if value is None:
+        return {}
+    if not isinstance(value, DictConfig):
+        raise GentrainError(f"model_options must be a mapping of model keys, got {value!r}; e.g. 'model_options={{iwae_k: 1000}}'")
+    return dict(OmegaConf.to_container(value, resolve=True))  # type: ignore[arg-type]
+
+
 def required(cfg: DictConfig, key: str, example: str) -> Any:
     value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
     if value is None or OmegaConf.is_missing(cfg, key):
@@ -73,22 +83,29 @@ def cfg_task_name(cfg: DictConfig) -> str:
 
 
 def load_trained(
-    spec: str, device: torch.device, use_ema: bool = True, sampler: Any = None,
+    spec: str, device: torch.device, use_ema: bool = True, sampler: Any = None, model_options: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any], GenerativeModel, EMA | None, Dataset]:
     """Checkpoint path, its contents, its model (trained weights, on ``device``, eval mode), its weight average and its dataset.
 
     The average is None without ``use_ema`` or when the run kept none; sample and evaluate inside
     ``gentrain.sampling.sampling_state(model, average)``, as training does. The model samples with the
-    run's own ``sampler`` choice unless ``sampler`` (the config group, e.g. ``sampler=ddim``) replaces it.
+    run's own ``sampler`` choice unless ``sampler`` (the config group, e.g. ``sampler=ddim``) replaces it, and with the
+    run's ``model.*`` keys except those ``model_options`` replaces (a family's evaluation knobs, e.g. the VAE's ``iwae_k``).
     """
     path = find_checkpoint(spec)
     ckpt = load_checkpoint(path)
     config = ckpt.get("config")
     if not isinstance(config, dict) or "model" not in config or "dataset" not in config:
         raise GentrainError(f"{path} holds no run config; it was not written by gentrain's trainer")
-    model = build_model(OmegaConf.create({"model": config["model"], "sampler": config.get("sampler")})).to(device)
-    if sampler is not None:  # on top of the run's own (a guidance left null keeps the run's)
-        model.set_sampler(sampler)
+    model_config = dict(config["model"])
+    for key, value in (model_options or {}).items():
+        if key not in model_config:
+            raise GentrainError(
+                f"model_options.{key}: this checkpoint's model has no key {key!r}; its keys: {', '.join(sorted(map(str, model_config)))}"
+            )
+        model_config[key] = value
+    model = build_model(OmegaConf.create({"model": model_config, "sampler": config.get("sampler")})).to(device)
+    apply_sampler(model, sampler, str((ckpt.get("choices") or {}).get("model") or "?"))  # on top of the run's own (a guidance left null keeps the run's)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

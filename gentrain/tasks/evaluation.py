@@ -33,7 +33,7 @@ from gentrain.metrics.report import evaluation_markdown, evaluation_table, versi
 from gentrain.engine.device import device_name
 from gentrain.engine.progress import shown
 from gentrain.sampling import sampling_state
-from gentrain.tasks.common import load_trained, make_evaluator, required, setup_device
+from gentrain.tasks.common import model_options, load_trained, make_evaluator, required, setup_device
 
 CKPT_EXAMPLE = "gentrain task=eval ckpt=outputs/<date>/<time>/checkpoints/last.pt, or samples=<folder of images | .npz> reference=<dataset | folder | .npz>"
 
@@ -56,7 +56,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
 
 def _evaluate_checkpoint(cfg: DictConfig, es: EvalSettings, protocols: list[Protocol], spec: str, console: Console) -> dict[str, Any]:
     device, _ = setup_device(cfg)
-    path, ckpt, model, average, dataset = load_trained(spec, device, use_ema=es.use_ema, sampler=sampler_choice(cfg))
+    path, ckpt, model, average, dataset = load_trained(spec, device, use_ema=es.use_ema, sampler=sampler_choice(cfg), model_options=model_options(cfg))
     reference, reference_files = _reference(cfg, protocols, needed=False)
     if isinstance(reference, Dataset) and tuple(reference.shape) != tuple(dataset.shape):
         for p in protocols:

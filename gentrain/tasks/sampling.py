@@ -17,7 +17,7 @@ from gentrain.errors import GentrainError
 from gentrain.metrics.evaluate import to_uint8
 from gentrain.config import EvalSettings, typed
 from gentrain.sampling import draw_samples, sampling_state
-from gentrain.tasks.common import load_trained, required, setup_device
+from gentrain.tasks.common import model_options, load_trained, required, setup_device
 from gentrain.visual import sample_picture, save_png
 
 
@@ -31,7 +31,7 @@ def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         raise GentrainError(f"n must be a positive integer, got {n!r}; e.g. n=64")
     es = typed(cfg.eval, EvalSettings, "eval")
     device, _ = setup_device(cfg)
-    path, ckpt, model, average, dataset = load_trained(str(spec), device, use_ema=es.use_ema, sampler=sampler_choice(cfg))
+    path, ckpt, model, average, dataset = load_trained(str(spec), device, use_ema=es.use_ema, sampler=sampler_choice(cfg), model_options=model_options(cfg))
     out_dir = Path(OmegaConf.select(cfg, "out", default=None) or path.parent).expanduser()
     seed = int(OmegaConf.select(cfg, "seed", default=0))
     with sampling_state(model, average), shown(console, bool(OmegaConf.select(cfg, "logger.progress", default=True))):

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from gentrain.errors import GentrainError
-from gentrain.models.base import AdversarialModel
-from gentrain.objectives.adversarial import AdversarialObjective
+from gentrain.families.gan.base import AdversarialModel
+from gentrain.families.gan.objectives import AdversarialObjective
 from gentrain.objectives.base import mean_scalar
 
 

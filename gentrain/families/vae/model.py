@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from gentrain.data.base import DataSplit
 from gentrain.engine.progress import phase, tick
-from gentrain.errors import GentrainError, check_choice
-from gentrain.models.base import interpolate_latents
-from gentrain.models.gan import dcgan_layout
+from gentrain.errors import GentrainError, check_choice, check_int
+from gentrain.models.base import Latent, interpolate_latents
+from gentrain.families.gan.models import dcgan_layout
 from gentrain.models.likelihood import LOG_2PI, LEVELS_8BIT, LikelihoodModel, check_levels, dequantize, gaussian_log_density, to_levels
 
 DECODERS = ("bernoulli", "gaussian")
@@ -40,15 +40,18 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
-class LatentVariableModel(LikelihoodModel):
+class LatentVariableModel(LikelihoodModel, Latent):
     """Encoder, decoder and prior of a VAE; subclasses give the two networks (``encoder``: x -> [B, 2 z_dim], ``decoder``: z -> params)."""
 
     likelihood_kind = "IWAE bound"
 
     def __init__(
-        self, shape: Sequence[int], z_dim: int, decoder: str, decoder_std: float, learn_std: bool, data_levels: int | None = None
+        self, shape: Sequence[int], z_dim: int, decoder: str, decoder_std: float, learn_std: bool, data_levels: int | None = None,
+        iwae_k: int = 100,
     ) -> None:
         super().__init__()
+        #: Importance samples of the IWAE bound that evaluation reports (``nll<count>``): ``model.iwae_k``.
+        self.iwae_k = check_int(iwae_k, "model.iwae_k", 1, example=100)
         self.shape = tuple(int(s) for s in shape)
         check_choice(decoder, DECODERS, "model.decoder", "bernoulli")
         self.images = len(self.shape) == 3
@@ -60,11 +63,11 @@ class LatentVariableModel(LikelihoodModel):
         self.z_dim = int(z_dim)
         self.decoder_kind = decoder
         if decoder == "bernoulli":
-            self.likelihood_kind = "IWAE bound of the binarised pixels"
+            self.likelihood_kind = f"IWAE bound of the binarised pixels, k={self.iwae_k}"
         elif self.images and self.data_levels != LEVELS_8BIT:
-            self.likelihood_kind = f"IWAE bound (dequantized {self.data_levels}-level images)"
+            self.likelihood_kind = f"IWAE bound (dequantized {self.data_levels}-level images), k={self.iwae_k}"
         else:
-            self.likelihood_kind = "IWAE bound"
+            self.likelihood_kind = f"IWAE bound, k={self.iwae_k}"
         dims = math.prod(self.shape)
         # learned: one log-std per data dimension, initialised at decoder_std
         self.log_std = nn.Parameter(torch.full((dims,), math.log(decoder_std)), requires_grad=learn_std)
@@ -119,8 +122,10 @@ class LatentVariableModel(LikelihoodModel):
         return recon - kl
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor, k: int = 1, chunk: int = 64) -> Tensor:
-        """IWAE bound ``log (1/k) sum_i p(x, z_i) / q(z_i|x)``, z_i ~ q(z|x): [B]. Memory: ``chunk`` samples at a time."""
+    def log_likelihood(self, x: Tensor, k: int | None = None, chunk: int = 64) -> Tensor:  # type: ignore[override]
+        """IWAE bound ``log (1/k) sum_i p(x, z_i) / q(z_i|x)``, z_i ~ q(z|x): [B], ``k`` by default ``model.iwae_k``.
+        Memory: ``chunk`` samples at a time."""
+        k = self.iwae_k if k is None else check_int(k, "k", 1, example=100)
         target = self.target(x)
         mu, logvar = self.encode(x)
         std = torch.exp(0.5 * logvar)
@@ -195,8 +200,9 @@ class VAE(LatentVariableModel):
         decoder_std: float = 0.1,
         learn_std: bool = False,
         data_levels: int | None = None,
+        iwae_k: int = 100,
     ) -> None:
-        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels)
+        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels, iwae_k)
         dims = math.prod(self.shape)
         hidden = [int(h) for h in hidden]
         self.encoder = nn.Sequential(nn.Flatten(), _mlp([dims, *hidden, 2 * self.z_dim], nn.Tanh))
@@ -215,8 +221,9 @@ class ConvVAE(LatentVariableModel):
         decoder_std: float = 0.1,
         learn_std: bool = False,
         data_levels: int | None = None,
+        iwae_k: int = 100,
     ) -> None:
-        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels)
+        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels, iwae_k)
         if not self.images or self.shape[1] != self.shape[2]:
             raise GentrainError(f"model=conv_vae needs square images, got shape {list(self.shape)}; use model=vae for points")
         channels, size = self.shape[0], self.shape[1]

@@ -21,7 +21,7 @@ memorises). Samples are the levels of their cells, ``floor(K y)``, for K < 256; 
 stay continuous as ``2 y - 1`` (less than a level from ``floor(256 y)``). On vectors (the 2-D toy
 sets, ``[D]``, D even) the flow works on the data as it is.
 
-Architectures (layers in :mod:`gentrain.models.flow_layers`):
+Architectures (layers in :mod:`gentrain.families.flows.layers`):
 
 - RealNVP, images: ``scales`` scales; each but the last is 3 checkerboard couplings, a squeeze,
   3 channel couplings, then half of the channels is factored out; the last is 4 checkerboard
@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from gentrain.errors import GentrainError, check_int
-from gentrain.models.base import interpolate_latents
-from gentrain.models.flow_layers import (
+from gentrain.models.base import Latent, interpolate_latents
+from gentrain.families.flows.layers import (
     ActNorm,
     ChannelCoupling,
     CheckerboardCoupling,
@@ -59,13 +59,19 @@ from gentrain.models.flow_layers import (
 )
 from gentrain.models.likelihood import (
     LEVELS_8BIT,
-    FlowModel,
+    LikelihoodModel,
     check_levels,
     dequantize,
     from_levels,
     inverse_logit_transform,
     logit_transform,
 )
+
+
+class FlowModel(LikelihoodModel):
+    """Normalizing flows (objective=flow_nll)."""
+
+    likelihood_kind = "dequantized (8-bit images: a lower bound on the discrete log-likelihood)"
 
 
 def _check_shape(shape: Sequence[int], name: str, levels: int, levels_key: str, squeezes: int) -> tuple[int, ...]:
@@ -92,10 +98,10 @@ def _check_shape(shape: Sequence[int], name: str, levels: int, levels_key: str, 
     return shape
 
 
-class _Flow(FlowModel):
+class _Flow(FlowModel, Latent):
     """What RealNVP and Glow share: dequantization and logit on images, log_prob, sampling, plots.
 
-    Subclasses set ``self.flow``: a :class:`~gentrain.models.flow_layers.MultiScaleFlow` from the
+    Subclasses set ``self.flow``: a :class:`~gentrain.families.flows.layers.MultiScaleFlow` from the
     flow's input (``[B, *shape]``) to ``eps [B, D]``.
     """
 
@@ -134,7 +140,7 @@ class _Flow(FlowModel):
     def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``[B]`` nats; for images the dequantized bound (``generator`` fixes the dequantization noise).
 
-        Float32 under a bf16 autocast too (float64 stays float64): see :mod:`gentrain.models.flow_layers`.
+        Float32 under a bf16 autocast too (float64 stays float64): see :mod:`gentrain.families.flows.layers`.
         """
         x = fp32(x)
         if not self.image:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gentrain.errors import GentrainError, check_int
-from gentrain.models.base import AdversarialModel
+from gentrain.families.gan.base import AdversarialModel
 from gentrain.objectives.base import Batch, Objective, Phase, StepOutput, mean_scalar
 
 

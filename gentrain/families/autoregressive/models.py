@@ -29,12 +29,17 @@ from torch import Tensor, nn
 
 from gentrain.engine.progress import phase, tick
 from gentrain.errors import GentrainError, check_choice, check_int
-from gentrain.models.likelihood import LEVELS_8BIT, AutoregressiveModel, check_levels, from_levels, gaussian_log_density, to_levels
+from gentrain.models.likelihood import LEVELS_8BIT, LikelihoodModel, check_levels, from_levels, gaussian_log_density, to_levels
 
 #: The softmax size of 8-bit images (the default; models use their ``data_levels``).
 LEVELS = LEVELS_8BIT
 ORDERINGS = ("natural", "reverse", "random")
 LOG_STD_MIN, LOG_STD_MAX = -9.0, 5.0
+
+
+
+class AutoregressiveModel(LikelihoodModel):
+    """Autoregressive models (objective=ar_nll)."""
 
 
 # ----------------------------------------------------------------------------- validation

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from gentrain.errors import GentrainError, check_choice, check_int
-from gentrain.models.base import AdversarialModel
+from gentrain.families.gan.base import AdversarialModel
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from gentrain.errors import GentrainError, check_int
-from gentrain.models.base import AdversarialModel
-from gentrain.models.gan import (
+from gentrain.families.gan.base import AdversarialModel
+from gentrain.models.base import Conditional
+from gentrain.families.gan.models import (
     _check_d_norm,
     _check_shape,
     _check_square,
@@ -96,7 +97,7 @@ def _check_classes(name: str, num_classes: int | None, embed_dim: int) -> int:
     return num_classes
 
 
-class ConditionalGAN(AdversarialModel):
+class ConditionalGAN(AdversarialModel, Conditional):
     """Conditional GAN (Mirza & Osindero 2014): ``G(z, y) -> x``, ``D(x, y) -> logit``; ``model=cgan``.
 
     G: ``cat(z [B, z_dim], embed_G(y) [B, embed_dim])`` into the DCGAN (images) or MLP (vectors)
@@ -105,7 +106,7 @@ class ConditionalGAN(AdversarialModel):
     x before the MLP. Each embedding lives inside its network, so ``param_groups()`` stays {G, D}.
 
     ``embed_dim`` (default 50, the size of the paper's label layer in D on MNIST): the width of
-    both label embeddings. The other keys are those of :class:`~gentrain.models.gan.DCGAN`.
+    both label embeddings. The other keys are those of :class:`~gentrain.families.gan.models.DCGAN`.
     """
 
     config_name = "cgan"  # the configs/model option, for messages

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from gentrain.data.base import DataSplit
 from gentrain.engine.progress import counted
 from gentrain.errors import GentrainError, check_choice, check_int
-from gentrain.models.base import check_labels, interpolate_latents
+from gentrain.models.base import Conditional, Latent, SamplerOptions, check_labels, interpolate_latents
 from gentrain.models.likelihood import LikelihoodModel, check_levels, from_levels, to_levels
 
 SCHEDULES = ("linear", "cosine")
@@ -386,7 +386,7 @@ class SamplerSpec:
         return dataclasses.replace(parsed, steps=None) if auto else parsed
 
 
-class DiffusionModel(LikelihoodModel):
+class DiffusionModel(LikelihoodModel, Latent, SamplerOptions):
     """Base of diffusion models: a denoising network ``net(x_t, t, y)`` and the process it inverts (objective=ddpm)."""
 
     likelihood_kind = "variational bound"
@@ -575,7 +575,7 @@ class DiffusionModel(LikelihoodModel):
         return self._finish(self.run_sampler(self.noise(y.shape[0], generator), y, generator=generator)[0]), per_class
 
     def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor | None:
-        """Deterministic DDIM (eta 0; the sampler's steps, else 50) from noise interpolated between two draws of x_T."""
+        """Deterministic DDIM (eta 0; the sampler's steps, else 50) from noise interpolated between two draws of x_T; None on vectors."""
         if not self.images:
             return None
         z0, z1 = self.noise(rows, generator).flatten(1), self.noise(rows, generator).flatten(1)
@@ -649,12 +649,15 @@ class DiffusionModel(LikelihoodModel):
         prior, kls, decoder = self.vlb_terms(x)
         return -(prior + kls + decoder)
 
-    def log_likelihood(self, x: Tensor, k: int = 1) -> Tensor:
-        return self.log_prob(x)
-
 
 class DDPM(DiffusionModel):
-    """model=ddpm: the DDPM U-Net for images, a residual MLP for vectors (2-D toy sets), around :class:`GaussianDiffusion`."""
+    """model=ddpm: the DDPM U-Net for images, a residual MLP for vectors (2-D toy sets), around :class:`GaussianDiffusion`.
+
+    With ``model.num_classes`` set it builds a :class:`ConditionalDDPM` (a :class:`~gentrain.models.base.Conditional` model).
+    """
+
+    def __new__(cls, *args: Any, num_classes: int | None = None, **kwargs: Any) -> DDPM:
+        return super().__new__(ConditionalDDPM if num_classes is not None and cls is DDPM else cls)
 
     def __init__(
         self,
@@ -694,6 +697,11 @@ class DDPM(DiffusionModel):
             raise GentrainError(f"model=ddpm takes images [C, H, W] or vectors [D], got dataset.shape={list(shape)}")
         super().__init__(net, shape, timesteps, schedule, prediction, variance, data_levels, num_classes, cond_drop, sampler)
         self.layout = self_layout
+
+
+
+class ConditionalDDPM(DDPM, Conditional):
+    """model=ddpm with ``model.num_classes``: class-conditional, with classifier-free guidance (``sampler.guidance``)."""
 
 
 def unet_layout(shape: Sequence[int], channel_mult: Sequence[int] | None, attention: Sequence[int] | None) -> tuple[list[int], list[int]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from gentrain.errors import GentrainError
-from gentrain.models.diffusion import DiffusionModel, check_process
+from gentrain.families.diffusion.model import DiffusionModel, check_process
 from gentrain.objectives.base import Batch, Objective, Phase, StepOutput
 
 

@@ -1,0 +1,1 @@
+"""Diffusion: DDPM with ancestral and DDIM samplers."""

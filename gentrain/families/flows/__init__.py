@@ -1,0 +1,1 @@
+"""Normalizing flows: RealNVP, Glow (dequantisation, bits/dim)."""

@@ -1,0 +1,97 @@
+"""The adversarial family's model interface: a generator and a discriminator (critic), two phases "G" and "D"."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gentrain.data.base import DataSplit
+from gentrain.models.base import GenerativeModel, Latent, check_labels, interpolate_latents
+
+
+def spectral_norm_(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every convolution and linear layer of ``module``, in place."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            setattr(module, name, nn.utils.parametrizations.spectral_norm(child))
+        else:
+            spectral_norm_(child)
+    return module
+
+
+class AdversarialModel(GenerativeModel, Latent):
+    """A generator ``G(z, y) -> x`` and a discriminator (critic) ``D(x, y) -> (logit [B], class logits [B, K] or None)``.
+
+    Unconditional models ignore ``y``. A model built with ``pack > 1`` has a discriminator that takes
+    ``pack`` samples concatenated (PacGAN); the objective packs the batches it feeds it. Conditional models set ``num_classes`` and override
+    :meth:`generate` and :meth:`discriminate`; auxiliary-classifier models return class logits.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, z_dim: int, spectral_norm: bool = False, pack: int = 1) -> None:
+        super().__init__()
+        self.generator = generator
+        self.discriminator = spectral_norm_(discriminator) if spectral_norm else discriminator
+        self.z_dim = z_dim
+        #: How many samples the discriminator judges at once (PacGAN, Lin et al. 2018): its input is
+        #: ``pack`` samples concatenated along the first data axis (see ``objective.pack``).
+        self.pack = pack
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None
+
+    def param_groups(self) -> dict[str, nn.Module]:
+        return {"G": self.generator, "D": self.discriminator}
+
+    def ema_target(self) -> str | None:
+        return "generator"
+
+    def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor:
+        z = interpolate_latents(self.noise(rows, generator=generator), self.noise(rows, generator=generator), steps, spherical)
+        return self.generate(z.reshape(rows * steps, -1), self.path_labels(rows, steps, generator))
+
+    def noise(self, n: int, device: torch.device | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Latent codes z ~ N(0, I), [n, z_dim]."""
+        return torch.randn(n, self.z_dim, device=device or self.device, generator=generator)
+
+    def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.generator(z)
+
+    def discriminate(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        return self.discriminator(x).flatten(), None
+
+    def critic_weights(self) -> list[Tensor]:
+        """The weights of the critic ``f(x)`` whose Lipschitz constant in ``x`` WGAN's clipping bounds.
+
+        WGAN (Arjovsky et al. 2017) keeps ``f`` K-Lipschitz by clamping these tensors to [-c, c] in
+        place after every critic step. Here: every discriminator parameter (batch-norm affine
+        parameters and spectral norm's original weights included), as the paper's released code
+        clamps every parameter of its critic (``for p in netD.parameters(): p.data.clamp_(...)``,
+        github.com/martinarjovsky/WassersteinGAN, main.py). Models whose discriminator holds
+        tensors that are not weights of ``f`` (a label embedding, a class head) leave them out or
+        return views of the parameters (sharing their storage, so clamping a view clamps the
+        parameter).
+        """
+        return list(self.discriminator.parameters())
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.sample_with_labels(n, generator)[0]
+
+    def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        z = self.noise(n, generator=generator)
+        y = self.random_labels(n, generator)
+        return self.generate(z, y), y
+
+    def sample_of_labels(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        z = self.noise(y.shape[0], generator=generator)
+        self.random_labels(y.shape[0], generator)  # drawn and dropped: the noise stream of an unlabelled draw
+        return self.generate(z, y)
+
+    def sample_grid(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
+        if self.num_classes is None:
+            return self.sample(n, generator), None
+        y, per_class = self.grid_labels(n)
+        return self.generate(self.noise(y.shape[0], generator=generator), y), per_class
+
+    def check_data(self, data: DataSplit, dataset: str) -> None:
+        check_labels(self.num_classes, data, dataset, "an unconditional model (e.g. model=dcgan)")

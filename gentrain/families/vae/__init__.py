@@ -1,0 +1,1 @@
+"""Variational autoencoders on the ELBO (IWAE likelihoods)."""
