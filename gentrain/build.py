@@ -65,6 +65,11 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         if isinstance(cause, GentrainError):
             raise cause from None
         detail = str(cause or e).strip().splitlines()[0]
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if isinstance(cause, ImportError) or (cause is None and "Error locating target" in str(e)):
+            raise GentrainError(
+                f"could not build {what}: {what}._target_={target} does not import ({detail}); install its package or put it on PYTHONPATH"
+            ) from None
         raise GentrainError(f"could not build {what}: {detail}; check the {what}.* overrides") from None
     except OmegaConfBaseException as e:
         raise GentrainError(f"{what} config does not resolve: {str(e).strip().splitlines()[0]}; check the {what}.* overrides") from None

@@ -46,7 +46,10 @@ def _app(cfg: DictConfig) -> float | None:
 
     from gentrain.tasks.optimize import value
 
+    from gentrain.config import apply_debug
+
     try:
+        cfg = apply_debug(cfg, list(HydraConfig.get().overrides.task))  # debug=tiny's sizes (every group's tiny: block taken out)
         task = build(cfg.task, "task")
         result = task(cfg)
         distributed.shutdown()  # under torchrun: leave the process group cleanly

@@ -30,7 +30,36 @@ def compose_app_config(overrides: list[str]) -> DictConfig:
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        return apply_debug(compose(config_name="config", overrides=overrides, return_hydra_config=True), overrides)
+
+
+def apply_debug(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
+    """``debug=tiny``: merge each group's ``tiny:`` block (its own small sizes: ``model.tiny.g_width=8``) into the group,
+    except the keys ``overrides`` (the command line's) set: what the user typed wins, as everywhere in Hydra.
+
+    The blocks are taken out either way (they are no constructor keys), so this runs once on every composed config
+    (the CLI's, the API's, :func:`gentrain.build.compose`'s) before anything reads it; a second call changes nothing.
+    """
+    from omegaconf import open_dict
+
+    typed_keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides or [] if "=" in o}
+
+    tiny = OmegaConf.select(cfg, "debug.tiny", default=False)
+    if not isinstance(tiny, bool):
+        raise GentrainError(f"debug.tiny must be true or false, got {tiny!r}; e.g. debug=tiny")
+    with open_dict(cfg):
+        for key in list(cfg.keys()):
+            node = cfg._get_node(key)
+            if key == "debug" or not isinstance(node, DictConfig) or "tiny" not in node:
+                continue
+            block = node.pop("tiny")
+            if tiny and block:
+                if not isinstance(block, DictConfig):
+                    raise GentrainError(f"{key}.tiny must be a mapping of {key} keys (the sizes of debug=tiny), got {block!r}")
+                for name in [k for k in block if any(t == f"{key}.{k}" or t.startswith(f"{key}.{k}.") for t in typed_keys)]:
+                    block.pop(name)
+                node.merge_with(block)
+    return cfg
 
 
 def user_config_dirs() -> list[Path]:
@@ -100,6 +129,7 @@ class LoggerSettings:
     interp_rows: int = 8
     interp_steps: int = 10
     progress: bool = True  # rich progress bar on a terminal (plain lines elsewhere)
+    curves: bool = True  # curves.png (matplotlib) from metrics.jsonl at the end, shown in report.md
     tensorboard: bool = False  # logger=tensorboard (the default option) sets it; false: no TensorBoard
     csv: bool = False  # logger=csv: <run>/metrics.csv and params.csv
     mlflow: Optional[MlflowSettings] = None  # logger=mlflow

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid
 
 REAL_RGB = (150, 150, 150)
 FAKE_RGB = (220, 40, 40)
@@ -30,6 +29,23 @@ def image_grid(x: Tensor, nrow: int | None = None, min_side: int = 32) -> np.nda
     nrow = nrow or max(1, int(math.ceil(math.sqrt(x.shape[0]))))
     grid = make_grid(x, nrow=nrow, padding=2, pad_value=255.0)
     return grid.round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def make_grid(x: Tensor, nrow: int, padding: int = 2, pad_value: float = 0.0) -> Tensor:
+    """[N, C, H, W] -> [C, H', W']: ``nrow`` images a row with ``padding`` pixels of ``pad_value`` around each, as
+    ``torchvision.utils.make_grid`` lays them out (a single image is returned as it is); here so that drawing a
+    picture does not import torchvision."""
+    if x.shape[0] == 1:
+        return x[0]
+    n, c, h, w = x.shape
+    cols = min(nrow, n)
+    rows = int(math.ceil(n / cols))
+    grid = x.new_full((c, (h + padding) * rows + padding, (w + padding) * cols + padding), pad_value)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        top, left = r * (h + padding) + padding, q * (w + padding) + padding
+        grid[:, top : top + h, left : left + w] = x[k]
+    return grid
 
 
 def scatter_image(real: Tensor, fake: Tensor, size: int = 512, margin: float = 0.1) -> np.ndarray:

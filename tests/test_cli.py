@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
 
 GENTRAIN = shutil.which("gentrain", path=str(Path(sys.executable).parent)) or shutil.which("gentrain")
 pytestmark = pytest.mark.skipif(GENTRAIN is None, reason="the gentrain console script is not installed (pip install -e .)")
 
-TINY_RUN = ["device=cpu", "trainer.batch_size=16", "logger.every=2", "logger.samples_every=2", "logger.n_samples=16", "logger.progress=false"]
+TINY_RUN = ["debug=tiny", "logger.samples_every=2"]
 
 
 def gentrain(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -52,7 +51,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
 
 
 def test_a_run_writes_every_output(tmp_path):
-    result = gentrain(["model=gan_mlp", "dataset=moons", "trainer.max_steps=2", *TINY_RUN, *TINY["gan_mlp"]], tmp_path)
+    result = gentrain(["model=gan_mlp", "dataset=moons", "trainer.max_steps=2", *TINY_RUN], tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     for name in (".hydra/config.yaml", "checkpoints/last.pt", "samples/step_000002.png", "metrics.jsonl", "report.json", "report.md"):
@@ -61,7 +60,7 @@ def test_a_run_writes_every_output(tmp_path):
 
 
 def test_multirun_sweeps_from_the_shell(tmp_path):
-    result = gentrain(["-m", "model=gan_mlp", "dataset=ring8", "objective=minimax,non_saturating", "trainer.max_steps=2", *TINY_RUN, *TINY["gan_mlp"]], tmp_path)
+    result = gentrain(["-m", "model=gan_mlp", "dataset=ring8", "objective=minimax,non_saturating", "trainer.max_steps=2", *TINY_RUN], tmp_path)
     assert result.returncode == 0, result.stderr
     reports = sorted((tmp_path / "multirun").glob("*/*/*/report.json"))
     assert len(reports) == 2
@@ -107,7 +106,7 @@ def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path):
 
 
 def test_sample_task_from_the_shell(tmp_path):
-    result = gentrain(["model=gan_mlp", "dataset=moons", "trainer.max_steps=1", *TINY_RUN, *TINY["gan_mlp"]], tmp_path)
+    result = gentrain(["model=gan_mlp", "dataset=moons", "trainer.max_steps=1", *TINY_RUN], tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     result = gentrain(["task=sample", f"ckpt={run_dir}", "n=20", "device=cpu"], tmp_path)
@@ -120,7 +119,7 @@ def test_sample_task_from_the_shell(tmp_path):
 
 # ------------------------------------------------------------------------- stopping and continuing
 
-LONG_RUN = ["model=gan_mlp", "dataset=moons", "trainer.max_steps=1000000", "trainer.ckpt_every=0", *TINY_RUN, *TINY["gan_mlp"]]
+LONG_RUN = ["model=gan_mlp", "dataset=moons", "trainer.max_steps=1000000", "trainer.ckpt_every=0", *TINY_RUN]
 
 
 def start(args: list[str], cwd: Path, ignore_sigint: bool = False) -> subprocess.Popen:
@@ -164,7 +163,7 @@ def test_a_signal_stops_a_run_with_a_checkpoint_and_the_printed_command_continue
 
 def test_a_refused_resume_changes_nothing_in_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
-    assert gentrain(["model=gan_mlp", "dataset=moons", "trainer.max_steps=2", *TINY_RUN, *TINY["gan_mlp"], f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    assert gentrain(["model=gan_mlp", "dataset=moons", "trainer.max_steps=2", *TINY_RUN, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
     assert_one_line_error(gentrain(["model=dcgan", f"trainer.resume={run_dir}"], tmp_path), "changes the run being resumed", "model=gan_mlp")
     assert_one_line_error(gentrain(["model.z_dim=3", f"trainer.resume={run_dir}"], tmp_path), "model.z_dim")
@@ -172,7 +171,7 @@ def test_a_refused_resume_changes_nothing_in_the_run_directory(tmp_path):
 
 
 def test_two_runs_started_in_the_same_second_get_a_directory_each(tmp_path):
-    args = ["model=gan_mlp", "dataset=moons", "trainer.max_steps=3", *TINY_RUN, *TINY["gan_mlp"], f"hydra.run.dir={tmp_path / 'run'}"]
+    args = ["model=gan_mlp", "dataset=moons", "trainer.max_steps=3", *TINY_RUN, f"hydra.run.dir={tmp_path / 'run'}"]
     procs = [start(args, tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
@@ -193,7 +192,7 @@ def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_the_first_job(tmp_pat
 
 
 def test_a_job_that_fails_while_running_does_not_stop_the_sweep(tmp_path):
-    result = gentrain(["-m", "model=gan_mlp", "dataset=mnist,moons", "trainer.max_steps=2", *TINY_RUN, *TINY["gan_mlp"]], tmp_path)
+    result = gentrain(["-m", "model=gan_mlp", "dataset=mnist,moons", "trainer.max_steps=2", *TINY_RUN], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "MNIST not found" in errors[0] and "1 sweep job(s) failed (job 0)" in errors[-1]

@@ -15,27 +15,29 @@ from PIL import Image
 
 from omegaconf import OmegaConf
 
-from conftest import SMALL_DATA, TINY, make_config, quiet_console, tiny_overrides
-from gentrain.build import choice
+from conftest import make_config, quiet_console, tiny_overrides
+from gentrain.build import choice, config_options, target_class
 from gentrain.config import CONFIG_DIR
 from gentrain.metrics.fidelity import parse_protocol
 from gentrain.tasks import train
 from test_data import write_cifar, write_mnist_like
 from test_metrics import TinyExtractor
 
-#: The objective each model trains with here (presets that pick their own objective: that one).
-MODEL_OBJECTIVE = {
-    "dcgan": "non_saturating", "gan_mlp": "non_saturating", "cgan": "hinge", "acgan": "non_saturating",
-    "wgan": "wasserstein", "wgan_gp": "wasserstein_gp",
-    "vae": "elbo", "conv_vae": "elbo", "realnvp": "flow_nll", "glow": "flow_nll", "pixelcnn": "ar_nll", "made": "ar_nll",
-    "ddpm": "ddpm",
-}
-#: A model each objective trains here.
-OBJECTIVE_MODEL = {
-    "minimax": "gan_mlp", "non_saturating": "dcgan", "hinge": "acgan", "wasserstein": "cgan", "wasserstein_gp": "gan_mlp",
-    "elbo": "conv_vae", "flow_nll": "glow", "ar_nll": "pixelcnn", "ddpm": "ddpm",
-}
-TINY_OF = {"wgan": TINY["dcgan"], "wgan_gp": TINY["dcgan"]}
+
+
+def model_objective(model: str) -> str:
+    """The objective a model YAML chooses (``defaults: override /objective``), else the app's default."""
+    return choice(make_config([f"model={model}"]), "objective")
+
+
+def objective_model(objective: str) -> str:
+    """A model the objective trains here: the model options whose own objective it is first, then any whose class is
+    of the objective's ``family`` (both read from configs/: a new option needs no table here)."""
+    target = {name: str(node.get("_target_", "")) for name, node in config_options("objective")}[objective]
+    family = getattr(target_class(target), "family")
+    own = [m for m in options("model") if model_objective(m) == objective]
+    fitting = [m for m, node in config_options("model") if (cls := target_class(str(node.get("_target_", "")))) and issubclass(cls, family)]
+    return (own or fitting)[0]
 #: Datasets whose files a test writes (format-faithful; the real ones need a download or a Debian package).
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 #: Options that cannot run on every machine, with the reason.
@@ -77,7 +79,6 @@ def experiment_combination(option: str, root: Path) -> list[str]:
     size = ["trainer.max_steps=2", "logger.progress=false", "logger.n_samples=16", "logger.n_points=64"]
     pack = int(OmegaConf.select(preset, "objective.pack", default=1) or 1)
     size.append(f"trainer.batch_size={16 * pack if dataset not in ('cifar10', 'image_folder') else 4 * pack}")
-    tiny_model = TINY.get(model, TINY_OF.get(model, TINY["dcgan"]))
     metrics = [str(m) for m in (OmegaConf.select(preset, "eval.metrics", default=None) or [])]
     families = {parse_protocol(m).family.name for m in metrics}
     counts: list[str] = []
@@ -86,19 +87,19 @@ def experiment_combination(option: str, root: Path) -> list[str]:
                   "eval.kid_subset_size=8", "eval.batch_size=16", "eval.every=0"]
         if "nll" in families and OmegaConf.select(preset, "model.iwae_k", default=None) is not None:
             counts.append("model.iwae_k=2")
-    steps, tiny_t = OmegaConf.select(preset, "sampler.steps", default=None), [o for o in tiny_model if o.startswith("objective.timesteps=")]
-    if steps is not None and tiny_t and int(steps) > int(tiny_t[0].split("=")[1]):  # a DDIM preset on the tiny T: at most T steps
-        counts.append(f"sampler.steps={tiny_t[0].split('=')[1]}")
-    return [f"experiment={option}", *size, *tiny_model, *data_files(dataset, root), *SMALL_DATA.get(dataset, []), *counts]
+    tiny = make_config([f"experiment={option}", "debug=tiny"])
+    steps, tiny_t = OmegaConf.select(tiny, "sampler.steps", default=None), OmegaConf.select(tiny, "objective.timesteps", default=None)
+    if steps is not None and tiny_t is not None and int(steps) > int(tiny_t):  # a DDIM preset on the tiny T: at most T steps
+        counts.append(f"sampler.steps={tiny_t}")
+    return [f"experiment={option}", "debug=tiny", *size, *data_files(dataset, root), *counts]
 
 
 def combination(group: str, option: str, root: Path) -> list[str]:
     """Overrides for two steps of a valid run that uses ``group=option``."""
     if group == "model":
-        objective = MODEL_OBJECTIVE[option]
-        return [*tiny_overrides(option if option in TINY else "dcgan", "digits", objective, steps=2), f"model={option}", *TINY_OF.get(option, [])]
+        return tiny_overrides(option, "digits", model_objective(option), steps=2)
     if group == "objective":
-        return tiny_overrides(OBJECTIVE_MODEL[option], "digits", option, steps=2, extra=["model.d_norm=layer"] if option == "wasserstein" else [])
+        return tiny_overrides(objective_model(option), "digits", option, steps=2)
     if group == "dataset":
         return tiny_overrides("gan_mlp", option, steps=2, extra=data_files(option, root))
     if group == "experiment":
@@ -119,7 +120,6 @@ def test_every_option_of_every_group_has_a_combination():
     for group in ("model", "objective", "dataset", "experiment", *EXTRA_GROUPS):
         listed = {o for g, o in CASES if g == group}
         assert listed == set(options(group)), f"configs/{group}: add the new option(s) {set(options(group)) - listed} to tests/test_config_groups.py"
-    assert set(MODEL_OBJECTIVE) == set(options("model")) and set(OBJECTIVE_MODEL) == set(options("objective"))
 
 
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])

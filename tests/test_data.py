@@ -445,7 +445,10 @@ def test_image_folder_errors(tmp_path: Path, labelled: Path) -> None:
 
 
 def compose(name: str, **overrides: object) -> OmegaConf:
-    cfg = OmegaConf.create({"dataset": OmegaConf.load(CONFIGS / f"{name}.yaml")})
+    """The dataset YAML alone, its ``tiny:`` block (debug=tiny's sizes) taken out as every composed config has it."""
+    from gentrain.config import apply_debug
+
+    cfg = apply_debug(OmegaConf.create({"dataset": OmegaConf.load(CONFIGS / f"{name}.yaml")}))
     for key, value in overrides.items():
         cfg.dataset[key] = value
     return cfg

@@ -264,7 +264,7 @@ def test_the_command_line_refuses_with_one_line_and_exit_2(tmp_path):
 CONDITIONAL = ddpm_overrides(
     "digits", steps=3,
     extra=["model.num_classes=10", "sampler=ddim", "sampler.steps=3", "sampler.guidance=1.0", "eval.metrics=[nll50]", "eval.batch_size=50",
-           "logger.every=1", "logger.samples_every=3"],
+           "logger.every=1", "logger.samples_every=3", "logger.interpolations=true"],
 )
 
 

@@ -362,7 +362,7 @@ def test_fitting_shapes_build():
 @pytest.mark.parametrize("dataset", ["digits", "ring8"])
 @pytest.mark.parametrize("model", ["realnvp", "glow"])
 def test_flows_train_and_write_all_outputs(train_run, model, dataset):
-    run_dir, report = train_run(tiny_overrides(model, dataset, "flow_nll", steps=3))
+    run_dir, report = train_run(tiny_overrides(model, dataset, "flow_nll", steps=3, extra=["logger.interpolations=true"]))
     for name in ("checkpoints/last.pt", "metrics.jsonl", "report.json", "report.md", "samples/step_000003.png"):
         assert (run_dir / name).is_file(), name
     if dataset == "digits":

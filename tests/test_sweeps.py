@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY, make_config, tiny_overrides
+from conftest import make_config, tiny_overrides
 from gentrain.config import CONFIG_DIR, compose_app_config
 from gentrain.errors import GentrainError
 from gentrain.tasks.optimize import Target, check_sweeper, target, value
@@ -144,8 +144,7 @@ def test_every_search_preset_composes_and_trains(preset):
     check_sweeper(cfg)  # its direction is its target's
     from gentrain.tasks.training import check
 
-    model = fits[preset][0].split("=")[1]
-    check(make_config([f"hparams_search={preset}", *fits[preset], *TINY[model]]))
+    check(make_config([f"hparams_search={preset}", *fits[preset], "debug=tiny"]))
     for key in cfg.hydra.sweeper.params:  # every searched key exists in the composed config
         assert make_config([f"hparams_search={preset}", *fits[preset], f"{key}={_first(cfg.hydra.sweeper.params[key])}"]) is not None
 
@@ -172,7 +171,7 @@ def test_launcher_presets_compose_onto_the_plugins(launcher):
 @pytest.mark.skipif(not needs["joblib"], reason="hydra-joblib-launcher is not installed (pip install gentrain[sweeps])")
 def test_a_job_that_fails_in_a_launcher_process_fails_the_sweep(tmp_path):
     # MNIST's files are missing (the test's data folder is empty): that job fails in its joblib worker, the other completes
-    result = gentrain(["-m", "hydra/launcher=joblib", "model=gan_mlp", "dataset=mnist,digits", *TINY["gan_mlp"], "trainer.max_steps=1",
+    result = gentrain(["-m", "hydra/launcher=joblib", "model=gan_mlp", "dataset=mnist,digits", "debug=tiny", "trainer.max_steps=1",
                        "trainer.batch_size=16", "logger.progress=false", "device.threads=1"], tmp_path)
     assert result.returncode == 2
     assert "error: 1 sweep job(s) failed (job 0)" in result.stderr and "MNIST not found" in result.stderr

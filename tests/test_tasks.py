@@ -34,7 +34,7 @@ def tiny_inception(monkeypatch, tmp_path):
     monkeypatch.setenv("GENTRAIN_CACHE", str(tmp_path / "cache"))
 
 
-EVAL = ["eval.metrics=[fid64,kid32,is32,pr32]", "eval.batch_size=32", "eval.every=2", "eval.kid_subset_size=16", "eval.kid_subsets=5"]
+EVAL = ["eval.metrics=[fid64,kid32,is32,pr32]", "eval.batch_size=32", "eval.every=2", "eval.kid_subset_size=16", "eval.kid_subsets=5", "logger.curves=true"]
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def test_bad_settings_are_one_line(kwargs, fragment):
 
 @pytest.mark.parametrize("model,dataset,extra", [("vae", "digits", []), ("conv_vae", "digits", []), ("vae", "ring8", ["model.decoder=gaussian"]), ("conv_vae", "digits", ["model.decoder=gaussian", "model.learn_std=true"])])
 def test_vaes_train_and_write_their_pictures(train_run, model, dataset, extra):
-    run_dir, report = train_run(overrides(model, dataset, extra=extra))
+    run_dir, report = train_run(overrides(model, dataset, extra=["logger.interpolations=true", *extra]))
     final = report["final"]
     for key in ("train/main/elbo", "train/main/recon", "train/main/kl", "train/main/bits_per_dim", "train/main/loss"):
         assert key in final and math.isfinite(final[key]), key

@@ -35,10 +35,6 @@ from typing import Any
 
 import numpy as np
 from torch import Tensor
-from torch_fidelity.metric_fid import fid_statistics_to_metric
-from torch_fidelity.metric_isc import isc_features_to_metric
-from torch_fidelity.metric_kid import kid_features_to_metric
-from torch_fidelity.metric_prc import prc_features_to_metric
 
 from gentrain.errors import GentrainError
 
@@ -67,6 +63,8 @@ def moments(features: Tensor) -> dict[str, np.ndarray]:
 
 
 def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
+    from torch_fidelity.metric_fid import fid_statistics_to_metric  # imported here: torch_fidelity pulls in torchvision (about 1 s)
+
     return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)["frechet_inception_distance"])
 
 
@@ -105,6 +103,8 @@ def _kid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str,
     size = min(usual, len(gen), len(ref))
     if size < usual:
         opts["notes"] = [f"KID subsets of {size} samples (fewer than the usual {usual})"]
+    from torch_fidelity.metric_kid import kid_features_to_metric  # imported here: torch_fidelity pulls in torchvision (about 1 s)
+
     out = kid_features_to_metric(
         gen.pool, ref.pool, kid_subsets=int(opts.get("kid_subsets", 100)), kid_subset_size=size, kid_kernel="poly",
         kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=METRIC_RNG_SEED, verbose=False,
@@ -114,6 +114,8 @@ def _kid(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str,
 
 def _is(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, float]:
     assert gen.logits is not None
+    from torch_fidelity.metric_isc import isc_features_to_metric  # imported here: torch_fidelity pulls in torchvision (about 1 s)
+
     out = isc_features_to_metric(gen.logits, splits=int(opts.get("is_splits", 10)), shuffle=True, rng_seed=METRIC_RNG_SEED)
     return {"": out["inception_score_mean"], "_std": out["inception_score_std"]}
 
@@ -127,6 +129,8 @@ def _pr(gen: Features, ref: Features | None, opts: dict[str, Any]) -> dict[str, 
     if min(len(gen), len(ref)) <= PR_NEIGHBOURS:
         opts["notes"] = [f"not computed: the {PR_NEIGHBOURS}-nearest-neighbour manifolds need more than {PR_NEIGHBOURS} samples on each side ({len(gen)} generated, {len(ref)} reference)"]
         return {}
+    from torch_fidelity.metric_prc import prc_features_to_metric  # imported here: torch_fidelity pulls in torchvision (about 1 s)
+
     out = prc_features_to_metric(gen.pool, ref.pool, prc_neighborhood=PR_NEIGHBOURS, prc_batch_size=10000, save_cpu_ram=True, verbose=False)
     return {"_precision": out["precision"], "_recall": out["recall"], "_f1": out["f_score"]}
 

@@ -14,16 +14,23 @@ def versions() -> dict[str, str]:
     import hydra
     import numpy
     import omegaconf
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
-    import torchvision
 
     from gentrain import __version__
+
+    try:  # read from its metadata where it was not imported: importing torchvision costs about a second
+        vision = sys.modules["torchvision"].__version__ if "torchvision" in sys.modules else version("torchvision")
+    except PackageNotFoundError:
+        vision = "not installed"
 
     return {
         "gentrain": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": vision,
         "hydra": hydra.__version__,
         "omegaconf": omegaconf.__version__,
         "numpy": numpy.__version__,
@@ -42,9 +49,10 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_reports(run_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+def write_reports(run_dir: Path, report: dict[str, Any], curves: bool = True) -> tuple[Path, Path]:
+    """report.json and report.md; with ``curves`` also curves.png (matplotlib: about 2 s, so ``logger.curves=false`` skips it)."""
     json_path, md_path = run_dir / "report.json", run_dir / "report.md"
-    curves = render_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    curves = render_curves(run_dir / "metrics.jsonl", run_dir / "curves.png") if curves else None
     report["curves"] = str(curves) if curves else None
     write_json(json_path, report)
     write_text(md_path, render_markdown(report, run_dir))

@@ -297,7 +297,7 @@ def _train(
     report = make_report(choices, resolved, result, s.ts, s.ls, s.device, s.ds.precision, setup_s, n_params, changes, s.world, pictures)
     if not s.world.main:
         return report
-    write_reports(run_dir, report)
+    write_reports(run_dir, report, curves=s.ls.curves)
     trainer.loggers.finish("FINISHED")  # TensorBoard's HPARAMS record pairs the parameters with the run's scalar series
     losses = {k.removeprefix("train/"): v for k, v in result.final.items() if not k.startswith(("train/lr/", "train/steps_per_s"))}
     rows = {"steps": result.step, "steps/s (this session)": report["run"]["steps_per_s"], "wall time (s)": report["run"]["session_time_s"]}
