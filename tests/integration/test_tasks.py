@@ -1,7 +1,7 @@
 """Evaluation during training (eval/*, best.pt, report) and the eval, sample and summarize tasks, on tiny checkpoints.
 
 The Inception network is replaced by a small fixed feature map (TinyExtractor) so these run in seconds on a CPU;
-tests/test_inception.py checks the real network."""
+tests/unit/test_inception.py checks the real network."""
 
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ def test_the_main_job_ends_with_fid_and_kid_on_the_whole_digits_test_split(train
     """`make train` runs experiment=quickstart: the report a newcomer opens ends with FID and KID at all 297 test
     images, the count in the names and the small-sample bias note beside the FID (it had no evaluation at all).
     Two steps here, the Inception network replaced by the stand-in; the Makefile's train target runs the preset."""
-    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     assert re.search(r"^train: .*\n\t\$\(BIN\)/gentrain experiment=quickstart \$\(ARGS\)$", makefile, re.M), "make train runs the preset"
     run_dir, report = train_run(["experiment=quickstart", "device=cpu", "trainer.max_steps=2", "logger.samples_every=0",
                                  "logger.progress=false", "eval.batch_size=297"])

@@ -19,7 +19,7 @@ from gentrain.data.images import Digits
 from gentrain.metrics.inception import resolve_weights
 
 pytest.importorskip("torch_fidelity")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N = 5  # images per side: > 3 for the k = 3 precision/recall manifolds, few for the CPU Inception
 
 

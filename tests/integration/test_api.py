@@ -23,7 +23,7 @@ from gentrain.shared import to_model_space
 from gentrain.tasks import sample as sample_task
 from conftest import make_config, quiet_console, tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_TB = ["logger.tensorboard=false"]  # TensorBoard is not what these tests are about
 GAN = tiny_overrides("gan_mlp", "ring8", steps=12, extra=["trainer.ema_decay=0.9", "optimize=train/G/loss", *NO_TB])
 

@@ -119,7 +119,7 @@ CASES = [(g, o) for g in ("model", "objective", "dataset", "experiment") for o i
 def test_every_option_of_every_group_has_a_combination():
     for group in ("model", "objective", "dataset", "experiment", *EXTRA_GROUPS):
         listed = {o for g, o in CASES if g == group}
-        assert listed == set(options(group)), f"configs/{group}: add the new option(s) {set(options(group)) - listed} to tests/test_config_groups.py"
+        assert listed == set(options(group)), f"configs/{group}: add the new option(s) {set(options(group)) - listed} to tests/integration/test_config_groups.py"
 
 
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])

@@ -1,6 +1,6 @@
 """``task=eval samples=<folder | .npz> reference=<dataset | folder | .npz>``: given images scored as a checkpoint's samples are.
 
-The Inception network is replaced by the small fixed feature map of tests/test_metrics.py (TinyExtractor)."""
+The Inception network is replaced by the small fixed feature map of tests/unit/test_metrics.py (TinyExtractor)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from gentrain.engine.loader import BatchStream
 from gentrain.data.base import DataSplit
 from gentrain.tasks import evaluate, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -38,7 +38,7 @@ from gentrain.data import (
 )
 from gentrain.errors import GentrainError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dataset"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "dataset"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 SMALL = dict(n_train=3000, n_test=500)
 

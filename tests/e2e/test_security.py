@@ -76,7 +76,7 @@ def test_real_format_batches_still_load_under_every_protocol(tmp_path: Path, pro
 def test_no_reader_in_the_package_unpickles_freely() -> None:
     """Every load in gentrain/ refuses pickled objects: np.load with allow_pickle=False or mmap of .npy, torch.load
     with weights_only=True, pickle only through the restricted CIFAR unpickler."""
-    root = Path(__file__).resolve().parents[1] / "gentrain"
+    root = Path(__file__).resolve().parents[2] / "gentrain"
     offenders = []
     for path in root.rglob("*.py"):
         for number, line in enumerate(path.read_text().splitlines(), 1):

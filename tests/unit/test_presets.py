@@ -2,7 +2,7 @@
 
 Each preset is composed as the CLI would, and its model, objective and optimizers are built: the
 checks are on what a run gets (the optimizer's own hyperparameters, the critic's layers), not only
-on the config's keys. Training two steps of every preset is tests/test_config_groups.py's job.
+on the config's keys. Training two steps of every preset is tests/integration/test_config_groups.py's job.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from gentrain.build import build, build_model, build_optimizers, compose
 from gentrain.config import CONFIG_DIR
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 ADAM_DCGAN = {"cls": torch.optim.Adam, "lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 1e-5}  # Radford et al. 2016 + its code's L2
 RMSPROP_WGAN = {"cls": torch.optim.RMSprop, "lr": 5e-5}  # Arjovsky et al. 2017
