@@ -313,9 +313,11 @@ def _default_run_dir(cfg: DictConfig) -> Path:
     """``trainer.resume=<run dir>`` continues that directory (as the CLI does); otherwise ``hydra.run.dir``."""
     from omegaconf import OmegaConf
 
-    resume = OmegaConf.select(cfg, "trainer.resume", default=None)
-    if isinstance(resume, str) and resume not in ("", "true", "false", "null") and Path(resume).expanduser().is_dir():
-        return Path(resume).expanduser()
+    from gentrain.spec import Resume
+
+    named = Resume.parse(OmegaConf.select(cfg, "trainer.resume", default=None)).run_dir
+    if named is not None:
+        return named
     try:
         return Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser()
     except Exception as e:  # an interpolation in hydra.run.dir that does not resolve
@@ -326,18 +328,9 @@ def _resumes_in_place(cfg: DictConfig, requested: Path) -> bool:
     """Whether the run continues the checkpoint of ``requested`` itself (as ``gentrain.tasks.training.train`` decides)."""
     from omegaconf import OmegaConf
 
-    from gentrain.engine.checkpoint import find_checkpoint
+    from gentrain.spec import Resume
 
-    resume = OmegaConf.select(cfg, "trainer.resume", default=False)
-    if resume is False or resume is None or resume in ("false", ""):
-        return False
-    if resume is True or resume == "true":
-        return True
-    try:
-        ckpt = find_checkpoint(str(resume))
-    except GentrainError:
-        return False  # the training task says what is wrong
-    return ckpt.parent.name == "checkpoints" and ckpt.parent.parent.resolve() == requested.resolve()
+    return Resume.parse(OmegaConf.select(cfg, "trainer.resume", default=False)).in_place(requested)
 
 
 def _reserve(requested: Path) -> tuple[Path, list[Path]]:

@@ -137,24 +137,30 @@ def models_with(capability: type) -> list[str]:
             continue
         if issubclass(cls, capability):
             names.append(name)
-        elif "num_classes" in node and any(issubclass(sub, capability) for sub in _subclasses(cls)):
+        elif "num_classes" in node and any(issubclass(sub, capability) for sub in subclasses(cls)):
             names.append(f"{name} with model.num_classes")
     return names
 
 
-def _subclasses(cls: type) -> list[type]:
+def subclasses(cls: type) -> list[type]:
+    """Every subclass of ``cls``, at any depth."""
     out = list(cls.__subclasses__())
     for sub in list(out):
-        out.extend(_subclasses(sub))
+        out.extend(subclasses(sub))
     return out
 
 
 def fitting_objectives(model: GenerativeModel) -> list[str]:
     """The names of the ``objective=`` options whose objective accepts ``model`` (for the refusal's message)."""
+    return fitting_objectives_of(type(model))
+
+
+def fitting_objectives_of(model_class: type) -> list[str]:
+    """The names of the ``objective=`` options whose objective's family ``model_class`` is."""
     names = []
     for name, node in config_options("objective"):
         cls = target_class(str(node.get("_target_", "")))
-        if cls is not None and isinstance(model, getattr(cls, "family", object)):
+        if cls is not None and issubclass(model_class, getattr(cls, "family", object)):
             names.append(name)
     return names
 

@@ -186,7 +186,7 @@ def _precheck(argv: list[str]) -> None:
                         sys.exit(2)
             target = str(OmegaConf.select(cfg, "task._target_", default=""))
             if semantic and target.endswith(".train"):
-                from gentrain.tasks.training import check
+                from gentrain.spec import run_spec as check  # one validation pass per job: nothing is built
 
                 HydraConfig.instance().set_config(cfg)  # group choices for messages, as in the real run
                 with open_dict(cfg):
@@ -220,12 +220,14 @@ def _check_writable(cfg: Any, multirun: bool) -> None:
 
 def _resume_in_place(argv: list[str]) -> list[str]:
     """``trainer.resume=<run dir>`` continues that run in its own directory: Hydra is told to use it as the run dir."""
+    from gentrain.spec import Resume
+
     args = _parse(argv)
     if args.multirun or any(o.startswith("hydra.run.dir=") for o in args.overrides):
         return argv
     for o in args.overrides:
         key, _, value = o.partition("=")
-        if key.lstrip("+") == "trainer.resume" and value not in ("", "true", "false", "null") and Path(value).expanduser().is_dir():
+        if key.lstrip("+") == "trainer.resume" and Resume.parse(value).run_dir is not None:
             quoted = value if _SIMPLE_VALUE.match(value) else "'" + value.replace("'", "\\'") + "'"
             return [*argv, f"hydra.run.dir={quoted}"]
     return argv

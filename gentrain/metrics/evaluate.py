@@ -263,6 +263,18 @@ class ReferenceCache:
         return Features(features.pool), False
 
 
+def check_selection(protocols: list[Protocol], every: int) -> None:
+    """Refuse in-training evaluation (``eval.every`` > 0) against the test split: that would be model selection on test."""
+    if not every:
+        return
+    for p in protocols:
+        if p.explicit and p.split == "test":
+            raise GentrainError(
+                f"eval.metrics lists {p.family.name}{p.count}_test, which eval.every={every} would compute during training on the test split "
+                f"(model selection on test); list {p.family.name}{p.count}: during training it uses the validation split, at the end the test split"
+            )
+
+
 class Evaluator:
     """Runs a list of protocols on a model (or given images) against dataset splits; builds its feature network on first use.
 
@@ -353,12 +365,7 @@ class Evaluator:
 
     def check_selection(self, every: int) -> None:
         """Refuse, at start-up, in-training evaluation against the test split (model selection on test)."""
-        for p in self.protocols:
-            if p.explicit and p.split == "test":
-                raise GentrainError(
-                    f"eval.metrics lists {p.family.name}{p.count}_test, which eval.every={every} would compute during training on the test split "
-                    f"(model selection on test); list {p.family.name}{p.count}: during training it uses the validation split, at the end the test split"
-                )
+        check_selection(self.protocols, every)
 
     def split_data(self, split: str) -> Tensor:
         """The data of ``split`` (uint8 images or points), read once."""

@@ -21,9 +21,11 @@ from gentrain.metrics.fidelity import headline_direction, parse_protocol
 from gentrain.models.base import GenerativeModel, apply_sampler
 
 
-def setup_device(cfg: DictConfig) -> tuple[torch.device, DeviceSettings]:
-    ds = typed(cfg.device, DeviceSettings, "device")
-    check_precision(ds.precision)
+def setup_device(cfg: DictConfig, ds: DeviceSettings | None = None) -> tuple[torch.device, DeviceSettings]:
+    """The run's device (under torchrun: this rank's), threads and backends; ``ds``: the settings already checked."""
+    if ds is None:
+        ds = typed(cfg.device, DeviceSettings, "device")
+        check_precision(ds.precision)
     set_threads(ds.threads)
     device = distributed.init(distributed.from_env(), resolve_device(ds.type))  # under torchrun: this rank's device
     configure_backends(device, ds.tf32)

@@ -1,10 +1,11 @@
 """``task=train``: build data, model, objective and optimizers from the config; train; evaluate; report.
 
-Order matters for "a refusal changes nothing on disk": everything that can refuse the run (the
-typed settings, a resume's overrides, the model, objective and optimizers, the evaluation
-protocols) is checked before the run claims its directory; only then are ``.hydra/``,
-``gentrain.log`` and the outputs written. :func:`check` runs the same checks without data, for the
-CLI to refuse a bad sweep before its first job.
+Order matters for "a refusal changes nothing on disk": everything that can refuse the run is checked
+before the run claims its directory: the config in one pass (:func:`gentrain.spec.run_spec`: the typed
+settings, the resume, every rule across keys, no object built; the CLI runs the same pass for every job
+of a sweep before the first starts), a resume's overrides, then the objects built once each (the model,
+objective, optimizers and evaluator check their own arguments). Only then are ``.hydra/``,
+``gentrain.log`` and the outputs written.
 """
 
 from __future__ import annotations
@@ -19,27 +20,29 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from gentrain.build import build, build_model, build_objective, build_optimizers, build_schedulers, choice, seed_everything
-from gentrain.config import DeviceSettings, EvalSettings, LoggerSettings, TrainerSettings, typed
+from gentrain.config import DeviceSettings, EvalSettings, LoggerSettings, TrainerSettings
 from gentrain.data.base import Dataset
-from gentrain.engine.checkpoint import find_checkpoint, load_checkpoint
+from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.engine import distributed
 from gentrain.engine.device import device_name, use_channels_last
 from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
 from gentrain.engine.console import cli_console, summary_table
-from gentrain.engine.loggers import check_backends, flatten
+from gentrain.engine.loggers import flatten
 from gentrain.engine.rundir import RUN_LOG, RunDirectory
 from gentrain.engine.streaming import open_stream
-from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult, clip_norms
-from gentrain.errors import GentrainError, check_choice
+from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult
+from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import MetricResult, flat_values
 from gentrain.metrics.report import command_line, evaluation_table, versions, write_reports
 from gentrain.models.base import GenerativeModel
 from gentrain.objectives.base import Objective
 from gentrain.shared import describe_os_error
 from gentrain.tasks.common import best_key, make_evaluator, setup_device
-from gentrain.tasks.optimize import needs_validation, target
+from gentrain.tasks.optimize import needs_validation
 from gentrain.tasks.resume import resume_config
+from gentrain.spec import RunSpec, run_spec
+from gentrain.spec import resolved as resolve_spec
 
 #: The groups a report names (model=dcgan dataset=digits objective=non_saturating).
 GROUPS = ("model", "dataset", "objective")
@@ -58,27 +61,6 @@ def _hydra() -> Any:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def resolve_config(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except Exception as e:  # an interpolation that cannot resolve, e.g. a missing env var or ???
-        raise GentrainError(f"the config does not resolve: {str(e).strip().splitlines()[0]}; set the key it names") from None
-
-
-def _resume_path(resume: Any, run_dir: Path) -> Path | None:
-    if resume is False or resume is None or resume == "false":
-        return None
-    if resume is True or resume == "true":
-        last = run_dir / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise GentrainError(
-                f"trainer.resume=true but {run_dir} has no checkpoints/last.pt; pass trainer.resume=<run dir or .pt file> "
-                "or hydra.run.dir=<the run directory to continue>"
-            )
-        return last
-    return find_checkpoint(str(resume))
 
 
 def _run_of(checkpoint: Path) -> Path | None:
@@ -104,17 +86,15 @@ class Setup:
     world: World
 
 
-def prepare(cfg: DictConfig) -> Setup:
-    """Settings, model, objective, optimizers and evaluation of ``cfg``, all checked; reads no data, writes nothing.
+def prepare(cfg: DictConfig, spec: RunSpec | None = None) -> Setup:
+    """Model, objective, optimizers and evaluation of ``cfg`` (checked by ``spec``, by default :func:`run_spec`'s), each
+    built once; reads no data, writes nothing.
 
     The global RNGs are seeded with ``trainer.seed`` first, so the model's initial weights are the seed's.
     """
-    resolve_config(cfg)
-    ts = typed(cfg.trainer, TrainerSettings, "trainer")
-    ls = typed(cfg.logger, LoggerSettings, "logger")
-    check_backends(ls)  # a chosen logger backend that is not installed (logger=mlflow without mlflow) is refused here
-    es = typed(cfg.eval, EvalSettings, "eval")
-    device, ds = setup_device(cfg)
+    spec = spec or run_spec(cfg)
+    ts, ls, es = spec.trainer, spec.logger, spec.eval
+    device, ds = setup_device(cfg, spec.device)
     world = distributed.current()
     dataset = build(cfg.dataset, "dataset")
     seed_everything(ts.seed)
@@ -124,8 +104,6 @@ def prepare(cfg: DictConfig) -> Setup:
     model = model.to(device, memory_format=torch.channels_last) if use_channels_last(ds.channels_last, device, model) else model.to(device)
     objective = build_objective(cfg, model)
     objective.check_batch_size(ts.batch_size)
-    clip_norms(ts.grad_clip, [p.name for p in objective.phases])  # refuses a bad trainer.grad_clip before anything is written
-    check_choice(ts.compile_mode, COMPILE_MODES, "trainer.compile_mode", "reduce-overhead")
     optimizers = build_optimizers(cfg, model, objective, fused=device.type == "cuda")
     schedulers = build_schedulers(cfg, optimizers, ts.warmup_steps)
     if ts.ema_decay is not None:
@@ -134,9 +112,8 @@ def prepare(cfg: DictConfig) -> Setup:
     if es.metrics:
         evaluator = make_evaluator(es, dataset, device)
         evaluator.check_model(model)
-        key, higher = best_key(es, SELECTION_SPLIT)  # checked even when nothing is selected: a wrong eval.best is a mistake
+        key, higher = best_key(es, SELECTION_SPLIT)
         if es.every:
-            evaluator.check_selection(es.every)
             if not dataset.has_split(SELECTION_SPLIT):
                 raise GentrainError(
                     f"eval.every={es.every} evaluates during training on the validation split, and dataset {dataset.name} has none "
@@ -149,12 +126,7 @@ def prepare(cfg: DictConfig) -> Setup:
                 "set dataset.val_fraction=0.1, or optimize=train/<phase>/loss"
             )
         schedule = EvalSchedule(_records(evaluator), es.every, es.at_end, es.split, key if es.every else None, higher, select_at_end)
-    target(cfg)  # refuses a bad optimize= key (after eval.best's own check, whose message names the key at fault)
     return Setup(ts, ls, es, ds, device, dataset, model, objective, optimizers, schedulers, schedule, world)
-
-
-#: ``trainer.compile_mode`` values (torch.compile's modes).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _records(evaluator: Any) -> Any:
@@ -177,12 +149,9 @@ def _sync_batchnorm(cfg: DictConfig, device: torch.device, world: World) -> bool
     return value and world.active
 
 
-def check(cfg: DictConfig) -> None:
-    """Refuse ``cfg`` with one line if it cannot train (the CLI checks every job of a sweep with this first)."""
-    ts = typed(cfg.trainer, TrainerSettings, "trainer")
-    if ts.resume not in (False, None, "false"):  # the checkpoint's config decides; checked when the job starts
-        return
-    prepare(cfg)
+def check(cfg: DictConfig) -> RunSpec:
+    """Refuse ``cfg`` with one line if it cannot train, building nothing (the CLI checks every job of a sweep with this)."""
+    return run_spec(cfg)
 
 
 def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None = None) -> dict[str, Any]:
@@ -196,17 +165,19 @@ def train(cfg: DictConfig, run_dir: Path | None = None, console: Console | None 
     console = console or cli_console()
     hydra = _hydra()
     overrides = list(hydra.overrides.task) if hydra is not None else []
-    resume = _resume_path(typed(cfg.trainer, TrainerSettings, "trainer").resume, requested)
+    spec = run_spec(cfg)
+    asked = spec.resume
+    resume = asked.checkpoint(requested)
     ckpt, in_place = None, False
     if resume is not None:
         ckpt = load_checkpoint(resume)
         if not isinstance(ckpt.get("config"), dict):
             raise GentrainError(f"{resume} holds no run config; it was not written by gentrain's trainer")
         cfg = resume_config(cfg, overrides, ckpt, resume)
-        run = _run_of(resume)
-        in_place = run is not None and run.resolve() == requested.resolve()
-    resolved = resolve_config(cfg)
-    setup = prepare(cfg)  # every refusal happens here or above: nothing is written yet
+        spec = run_spec(cfg, resumed=True)  # the checkpoint's config with the command line's safe changes
+        in_place = asked.in_place(requested)
+    resolved = resolve_spec(cfg)
+    setup = prepare(cfg, spec)  # every refusal happens here or above: nothing is written yet
     choices = dict(ckpt.get("choices") or {}) if ckpt is not None else _choices(cfg, hydra)
     if not setup.world.main:  # rank 0 owns the run directory; the other ranks train and write nothing
         return _follow(requested, resolved, setup, choices, ckpt, resume, t0)

@@ -42,6 +42,9 @@ class AdversarialObjective(Objective):
     ``objective.pack``); conditional models judge one labelled sample and refuse ``pack > 1``.
     """
 
+    #: The phases by class (the critic's repeats come from ``objective.d_steps``, set per instance).
+    phases = (Phase("D"), Phase("G"))
+
     family = AdversarialModel
     #: True where D's logit is that of a probability (the GAN losses): the D phase logs ``D_real`` and
     #: ``D_fake`` = mean ``sigmoid(D(.))``, the G phase ``D_fake``. False (hinge, Wasserstein): the D
