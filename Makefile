@@ -7,13 +7,14 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
-.PHONY: help install train test test-all wheel data clean
+.PHONY: help install train test test-all coverage wheel data clean
 
 help:
 	@echo "make install   create $(VENV) with torch and gentrain (editable, with test extras)"
 	@echo "make train     the main job: DCGAN on the embedded digits, then FID/KID on its test split (offline, CPU or GPU)"
 	@echo "make test      the fast test suite (CPU, offline)"
 	@echo "make test-all  every test, slow ones included"
+	@echo "make coverage  the fast suite with line coverage of gentrain/"
 	@echo "make wheel     build dist/gentrain-<version>-py3-none-any.whl (configs inside; pip install it anywhere)"
 	@echo "make data      Fashion-MNIST from Debian's dataset-fashion-mnist package (needs root)"
 
@@ -37,11 +38,16 @@ install: $(STAMP)
 train: $(BASE)
 	$(BIN)/gentrain experiment=quickstart $(ARGS)
 
+# one worker per core (pytest-xdist), the tests of a module together (their module fixtures are built once)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadscope $(ARGS)
+
+# line coverage of gentrain/ by the default suite (in-process code; the CLI subprocesses are not counted)
+coverage: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto --dist loadscope --cov=gentrain --cov-report=term $(ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadscope -m "slow or not slow" $(ARGS)
 
 wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --outdir dist

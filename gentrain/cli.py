@@ -58,10 +58,22 @@ def _app(cfg: DictConfig) -> float | None:
         # one line, no traceback: the message names the fix (a stop under torchrun: rank 0 speaks for the job)
         if not isinstance(e, Interrupted) or distributed.current().main:
             print(f"error: {e}", file=sys.stderr, flush=True)
+        if not isinstance(e, Interrupted):
+            _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))  # the folder Hydra made for a run that was refused
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(e, Interrupted):
             _record_failed_job(HydraConfig.get().job.num)  # the sweep goes on with its other jobs
             return float("nan")  # an optimising sweeper records a failed trial and goes on
         sys.exit(getattr(e, "exit_code", 2))
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` and its parents below the current directory while they are empty (a refused run leaves no
+    ``outputs/<date>/<time>/`` behind)."""
+    here = Path.cwd().resolve()
+    folder = folder.resolve()
+    while folder != here and here in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 _SIMPLE_VALUE = re.compile(r"^[\w.\-/:]+$")

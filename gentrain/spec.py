@@ -144,7 +144,15 @@ def _group_class(cfg: DictConfig, group: str) -> type:
         raise GentrainError(f"{group}={choice(cfg, group)} has no _target_; a {group} YAML names its class with _target_: package.module.Class")
     cls = target_class(str(target))
     if cls is None:
-        raise GentrainError(f"{group}._target_={target} does not import; install its package or put it on PYTHONPATH (or check the name)")
+        import importlib
+
+        module, _, name = str(target).rpartition(".")
+        try:
+            importlib.import_module(module)
+            detail = f"{module} has no class {name!r}"
+        except (ImportError, ValueError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GentrainError(f"could not build {group}: {group}._target_={target} does not import ({detail}); install its package or put it on PYTHONPATH")
     return cls
 
 
