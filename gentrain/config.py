@@ -105,21 +105,11 @@ class TrainerSettings:
 
 
 @dataclass
-class MlflowSettings:
-    tracking_uri: Optional[str] = None  # null: file:<run>/mlruns; or http://host:5000, file:/path
-    experiment: str = "gentrain"
-
-
-@dataclass
-class WandbSettings:
-    mode: str = "offline"  # offline | online | disabled
-    project: str = "gentrain"
-    entity: Optional[str] = None
-
-
-@dataclass
 class LoggerSettings:
-    """``logger=<backend>`` or ``logger=[a,b]``: each option's file turns its backend on (absent: off)."""
+    """``logger=<backend>`` or ``logger=[a,b]``: each option's file adds its backend, a key of ``logger`` whose value
+    names a class (``tensorboard: {_target_: gentrain.engine.loggers.TensorBoardLogger}``) with its options; ``null`` or
+    ``false`` turns a chosen one off (``logger.tensorboard=false``). :func:`logger_settings` splits them from the
+    settings every run has (these fields)."""
 
     every: int = 50  # steps between logged scalars (every backend), metrics.jsonl lines and console lines
     samples_every: int = 500  # steps between sample pictures; 0: none (not even at the end)
@@ -130,10 +120,9 @@ class LoggerSettings:
     interp_steps: int = 10
     progress: bool = True  # rich progress bar on a terminal (plain lines elsewhere)
     curves: bool = True  # curves.png (matplotlib) from metrics.jsonl at the end, shown in report.md
-    tensorboard: bool = False  # logger=tensorboard (the default option) sets it; false: no TensorBoard
-    csv: bool = False  # logger=csv: <run>/metrics.csv and params.csv
-    mlflow: Optional[MlflowSettings] = None  # logger=mlflow
-    wandb: Optional[WandbSettings] = None  # logger=wandb
+
+    #: backend name -> its spec (``_target_`` and the class's options), in the order the logger options were chosen
+    backends: dict[str, Any] = field(default_factory=dict)
 
     at_least_one: ClassVar[frozenset[str]] = frozenset({"every", "n_samples", "n_points", "interp_rows", "interp_steps"})
 
@@ -193,6 +182,26 @@ def typed(node: DictConfig, schema: type[S], prefix: str) -> S:
             low = 1 if f.name in getattr(schema, "at_least_one", ()) else 0
             if value < low:
                 raise GentrainError(f"{prefix}.{f.name} must be >= {low}, got {value}; e.g. {prefix}.{f.name}={getattr(defaults, f.name)}")
+    return settings
+
+
+def logger_settings(node: DictConfig) -> LoggerSettings:
+    """``logger.*`` typed: the keys whose value is a mapping with ``_target_`` are the backends, the rest the settings."""
+    try:
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    except OmegaConfBaseException as e:
+        raise GentrainError(f"logger config does not resolve: {str(e).strip().splitlines()[0]}; check the logger.* overrides") from None
+    assert isinstance(values, dict)
+    own = {f.name for f in fields(LoggerSettings)}
+    backends = {}
+    for key in [k for k in values if k not in own]:
+        value = values[key]
+        if isinstance(value, dict) and "_target_" in value:
+            backends[str(key)] = values.pop(key)
+        elif value is None or value is False:  # logger.tensorboard=false: a chosen backend turned off
+            values.pop(key)
+    settings = typed(values, LoggerSettings, "logger")
+    settings.backends = backends
     return settings
 
 

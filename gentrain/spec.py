@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gentrain.config import DeviceSettings, EvalSettings, LoggerSettings, TrainerSettings, typed
+from gentrain.config import DeviceSettings, EvalSettings, LoggerSettings, TrainerSettings, logger_settings, typed
 from gentrain.errors import GentrainError, check_choice
 
 #: ``trainer.compile_mode`` values (torch.compile's modes).
@@ -119,7 +119,7 @@ def run_spec(cfg: DictConfig, resumed: bool = False) -> RunSpec:
 
     resolved(cfg)
     ts = typed(cfg.trainer, TrainerSettings, "trainer")
-    ls = typed(cfg.logger, LoggerSettings, "logger")
+    ls = logger_settings(cfg.logger)
     check_backends(ls)  # a chosen logger backend that is not installed (logger=mlflow without mlflow)
     es = typed(cfg.eval, EvalSettings, "eval")
     ds = typed(cfg.device, DeviceSettings, "device")

@@ -1,7 +1,9 @@
 """Where a run's numbers go: the chosen logging backends and ``metrics.jsonl`` (the terminal: :mod:`gentrain.engine.console`).
 
 ``logger=tensorboard`` (the default), ``csv``, ``mlflow``, ``wandb``, or several: ``logger=[tensorboard,mlflow]``.
-Every backend implements the small :class:`Logger` protocol and receives the same records:
+A backend is one class and one YAML: ``configs/logger/<name>.yaml`` adds ``<name>: {_target_: package.Class, ...options}``
+under ``logger``, and the class (a :class:`Backend`) is built with ``(run_dir, start_step, **options)``; a user's own
+works the same way from their package and ``--config-dir``. Every backend receives the same records:
 
 - scalars ``train/<phase>/<name>``, ``train/lr/<phase>``, ``train/steps_per_s``, ``train/epoch`` every
   ``logger.every`` steps and ``eval/<key>`` at evaluations, each with its step;
@@ -40,10 +42,6 @@ import numpy as np
 from gentrain.config import LoggerSettings
 from gentrain.errors import GentrainError, check_choice
 
-#: The backends, in the order they are opened.
-BACKENDS = ("tensorboard", "csv", "mlflow", "wandb")
-#: Backend -> (module, what it is, the install command).
-_PACKAGES = {"mlflow": ("mlflow", "MLflow", "pip install mlflow-skinny"), "wandb": ("wandb", "Weights & Biases", "pip install wandb")}
 #: ``logger.wandb.mode`` values (wandb.init's modes).
 WANDB_MODES = ("offline", "online", "disabled")
 #: Run statuses ``finish`` takes (MLflow's names).
@@ -63,7 +61,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Logger(Protocol):
-    """One logging backend. Every method may be called many times; ``finish`` last, once."""
+    """What :class:`Loggers` calls on a backend. Every method may be called many times; ``finish`` last, once."""
 
     def scalars(self, values: dict[str, float], step: int) -> None: ...
 
@@ -85,17 +83,57 @@ class Logger(Protocol):
     catches_up: bool
 
 
+class Backend:
+    """Base of a logging backend: built as ``Class(run_dir, start_step, **options)`` (``start_step`` > 0: a resume; the
+    options are the keys of its ``logger.<name>`` node). Override the records it takes; they do nothing here."""
+
+    #: (module, what it is, the install command) of a package the backend needs, checked before the run writes anything.
+    requires: tuple[str, str, str] | None = None
+    #: True: the store keeps points it cannot delete (see :class:`Logger`).
+    catches_up = False
+    #: What it writes, for the run's last line.
+    where = ""
+
+    @classmethod
+    def check(cls, name: str, options: dict[str, Any]) -> None:
+        """Refuse, in one line, bad options (before the run writes anything); nothing by default."""
+
+    def scalars(self, values: dict[str, float], step: int) -> None: ...
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None: ...
+
+    def params(self, params: dict[str, Any]) -> None: ...
+
+    def text(self, tag: str, text: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def finish(self, status: str) -> None: ...
+
+
 def chosen(ls: LoggerSettings) -> list[str]:
-    """The backends ``ls`` turns on, in :data:`BACKENDS` order."""
-    on = {"tensorboard": ls.tensorboard, "csv": ls.csv, "mlflow": ls.mlflow is not None, "wandb": ls.wandb is not None}
-    return [name for name in BACKENDS if on[name]]
+    """The backends ``ls`` turns on, in the order the logger options were chosen."""
+    return list(ls.backends)
+
+
+def backend_class(name: str, spec: dict[str, Any]) -> type[Backend]:
+    """The class ``logger.<name>._target_`` names; one line where it does not import or is no :class:`Backend`."""
+    from gentrain.build import target_class
+
+    target = str(spec.get("_target_", ""))
+    cls = target_class(target)
+    if cls is None or not issubclass(cls, Backend):
+        what = "does not import" if cls is None else "is not a gentrain.engine.loggers.Backend"
+        raise GentrainError(f"logger.{name}._target_={target} {what}; a logger YAML names its backend class there (or leave logger={name} out)")
+    return cls
 
 
 def check_backends(ls: LoggerSettings) -> None:
     """Refuse, in one line, a chosen backend whose package is missing or a bad backend setting (writes nothing)."""
-    for name in chosen(ls):
-        if name in _PACKAGES:
-            module, what, fix = _PACKAGES[name]
+    for name, spec in ls.backends.items():
+        cls = backend_class(name, spec)
+        if cls.requires is not None:
+            module, what, fix = cls.requires
             try:
                 importlib.import_module(module)
             except ImportError as e:
@@ -103,24 +141,19 @@ def check_backends(ls: LoggerSettings) -> None:
                     f"logger={name} needs {what}, which is not installed ({e}); {fix} (or pip install gentrain[loggers]), "
                     f"or choose other loggers, e.g. logger=tensorboard"
                 ) from None
-    if ls.wandb is not None:
-        check_choice(ls.wandb.mode, WANDB_MODES, "logger.wandb.mode", "offline")
+        cls.check(name, {k: v for k, v in spec.items() if k != "_target_"})
 
 
 def open_loggers(ls: LoggerSettings, run_dir: Path, start_step: int = 0, say: Callable[[str], None] | None = None) -> Loggers:
     """Start the chosen backends for the run in ``run_dir`` (``start_step`` > 0: a resume of it)."""
     opened: dict[str, Logger] = {}
-    for name in chosen(ls):
+    for name, spec in ls.backends.items():
         try:
-            if name == "tensorboard":
-                # on resume, drop events a crashed session wrote after the checkpoint's step
-                opened[name] = TensorBoardLogger(run_dir, purge_step=start_step + 1 if start_step else None)
-            elif name == "csv":
-                opened[name] = CsvLogger(run_dir, start_step)
-            elif name == "mlflow":
-                opened[name] = MlflowLogger(run_dir, ls.mlflow.tracking_uri, ls.mlflow.experiment)
-            elif name == "wandb":
-                opened[name] = WandbLogger(run_dir, ls.wandb.mode, ls.wandb.project, ls.wandb.entity)
+            cls = backend_class(name, spec)
+            opened[name] = cls(run_dir, start_step, **{k: v for k, v in spec.items() if k != "_target_"})  # type: ignore[call-arg]
+        except GentrainError:
+            Loggers(opened, say).finish("FAILED")
+            raise
         except Exception as e:
             Loggers(opened, say).finish("FAILED")
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -211,7 +244,7 @@ class Loggers:
         return list(self.where)
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Backend):
     """Event files directly in the run directory, so ``tensorboard --logdir outputs`` names each run by its directory.
 
     Scalars and images as logged; the config as text; at a finished run's end the HPARAMS tab's record: the
@@ -220,9 +253,10 @@ class TensorBoardLogger:
 
     catches_up = False  # purge_step drops on resume what a stopped session wrote past the checkpoint
 
-    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+    def __init__(self, log_dir: Path, start_step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        purge_step = start_step + 1 if start_step else None
         # purge_step: on resume, TensorBoard drops events a crashed run wrote past the checkpoint
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.where = "TensorBoard events (tensorboard --logdir <run or its parent>)"
@@ -263,7 +297,7 @@ class TensorBoardLogger:
             fw.add_summary(summary)
 
 
-class CsvLogger:
+class CsvLogger(Backend):
     """``metrics.csv`` in long format (``step,key,value``: one row per scalar, appended and flushed at once, so keys may
     come and go) and ``params.csv`` (``key,value``). Pictures are the PNG files of ``samples/`` already.
 
@@ -321,7 +355,7 @@ class CsvLogger:
         self.file.close()
 
 
-class MlflowLogger:
+class MlflowLogger(Backend):
     """An MLflow run named after the run directory: params (batched, truncated to MLflow's limits), metrics with
     their steps, the PNGs as artifacts under ``samples/``; its id in ``<run>/mlflow_run_id`` so a resume continues it.
 
@@ -331,8 +365,9 @@ class MlflowLogger:
 
     ID_FILE = "mlflow_run_id"
     catches_up = True  # MLflow cannot delete metric points
+    requires = ("mlflow", "MLflow", "pip install mlflow-skinny")
 
-    def __init__(self, run_dir: Path, tracking_uri: str | None, experiment: str) -> None:
+    def __init__(self, run_dir: Path, start_step: int = 0, tracking_uri: str | None = None, experiment: str = "gentrain") -> None:
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
@@ -423,15 +458,20 @@ class MlflowLogger:
         self.client.set_terminated(self.run_id, status)
 
 
-class WandbLogger:
+class WandbLogger(Backend):
     """A W&B run in ``<run>/wandb/`` named after the run directory; offline by default (no network, no login: upload
     later with ``wandb sync <run>/wandb/offline-run-*``); its id in ``<run>/wandb_run_id`` so a resume continues it.
     """
 
     ID_FILE = "wandb_run_id"
     catches_up = True  # each session appends its own offline file; nothing can be taken back
+    requires = ("wandb", "Weights & Biases", "pip install wandb")
 
-    def __init__(self, run_dir: Path, mode: str, project: str, entity: str | None) -> None:
+    @classmethod
+    def check(cls, name: str, options: dict[str, Any]) -> None:
+        check_choice(options.get("mode", "offline"), WANDB_MODES, f"logger.{name}.mode", "offline")
+
+    def __init__(self, run_dir: Path, start_step: int = 0, mode: str = "offline", project: str = "gentrain", entity: str | None = None) -> None:
         import wandb
 
         self.wandb = wandb

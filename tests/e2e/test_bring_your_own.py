@@ -8,6 +8,7 @@ and loads.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -81,3 +82,11 @@ def test_a_users_model_that_does_not_import_is_one_line(tmp_path):
         "could not build model: model._target_=notinstalled.models.Net does not import (No module named 'notinstalled'); "
         "install its package or put it on PYTHONPATH"
     )
+
+
+def test_a_users_own_logger_is_one_class_and_one_yaml(tmp_path, on_path):
+    result = gentrain.train([f"hydra.searchpath=[file://{CONF}]", *RUN, "trainer.max_steps=4", "logger=[csv,jsonlines]"], run_dir=tmp_path / "r", quiet=True)
+    lines = [json.loads(line) for line in (result.run_dir / "scalars.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "train/main/loss" in r] == [2, 4]
+    assert [r["step"] for r in lines if "eval/nll128" in r] == [4]  # the final evaluation's record too
+    assert (result.run_dir / "metrics.csv").is_file() and not list(result.run_dir.glob("events.out.tfevents.*"))
