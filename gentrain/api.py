@@ -225,7 +225,7 @@ def load(
     config = ckpt["config"]
     name = (ckpt.get("choices") or {}).get("model") or str(config["model"].get("_target_", "?")).rsplit(".", 1)[-1]
     return Loaded(
-        model=model, config=config, step=int(ckpt["step"]), path=path_, dataset=str(getattr(dataset, "name", config["dataset"].get("name", "?"))),
+        model=model, config=config, step=int(ckpt["step"]), path=path_, dataset=dataset.name,
         model_name=str(name), ema=average is not None and average.module is not None, device=where,
     )
 

@@ -160,7 +160,7 @@ def fitting_objectives_of(model_class: type) -> list[str]:
     names = []
     for name, node in config_options("objective"):
         cls = target_class(str(node.get("_target_", "")))
-        if cls is not None and issubclass(model_class, getattr(cls, "family", object)):
+        if cls is not None and issubclass(cls, Objective) and issubclass(model_class, cls.family):
             names.append(name)
     return names
 

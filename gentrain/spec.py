@@ -97,7 +97,10 @@ class RunSpec:
     @property
     def phases(self) -> tuple[str, ...]:
         """The objective's phase names, by its class (``D``, ``G``; ``main``)."""
-        return tuple(p.name for p in getattr(self.objective_class, "phases", ()))
+        from gentrain.objectives.base import Objective
+
+        cls = self.objective_class
+        return tuple(p.name for p in cls.phases) if cls is not None and issubclass(cls, Objective) else ()
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -165,7 +168,11 @@ def _check_pair(cfg: DictConfig, spec: RunSpec) -> None:
     assert model is not None and objective is not None
     if not issubclass(model, GenerativeModel):
         raise GentrainError(f"model={choice(cfg, 'model')} builds a {model.__name__}, not a gentrain model; check model._target_")
-    family = getattr(objective, "family", object)
+    from gentrain.objectives.base import Objective
+
+    if not issubclass(objective, Objective):
+        raise GentrainError(f"objective={choice(cfg, 'objective')} builds a {objective.__name__}, not a gentrain objective; check objective._target_")
+    family = objective.family
     if not _may_be(model, family):
         options = ", ".join(f"objective={n}" for n in fitting_objectives_of(model)) or "none yet"
         raise GentrainError(

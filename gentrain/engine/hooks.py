@@ -1,8 +1,14 @@
-"""What happens around the training steps: each job is a hook with a small interface.
+"""What happens around the training steps: each job is a callback (a :class:`Hook`) with a small interface.
 
-The loop (:class:`gentrain.engine.trainer.Trainer`) calls, for every step, ``before_step`` of
-every hook, runs the step's phases, then ``after_step(loop, last)`` of every hook that is ``due``,
-in order:
+The loop (:class:`gentrain.engine.trainer.Trainer`) owns the step, the clock, the stop request and the
+interval meter. The task builds the callback list and hands it to the loop; the loop calls, for every
+step, ``before_step(view)`` of every callback, runs the step's phases, then ``after_step(view, last)`` of
+every callback that is ``due``. A callback sees the loop through a :class:`LoopView`: read-only
+properties (step, model, settings ...) and a sink for what it produces (scalars, pictures, records,
+lines). It declares whether its time counts as training time (``training_time``) and whether a stop may
+defer it (``deferrable``), and keeps its own state, saved under its ``name`` in the checkpoint
+(``checkpoint["callbacks"][name]``). The task reads its results from the callbacks it built. The
+default list, in order:
 
 ============  =========================================================================
 schedule      learning rates of the coming step (torch schedulers, linear warm-up)
@@ -13,9 +19,9 @@ evaluate      metrics on the validation split, ``best.pt``; the test split at th
 checkpoint    ``checkpoints/last.pt``
 ============  =========================================================================
 
-A stop (SIGINT/SIGTERM) skips the ``deferrable`` hooks still to run at its step and records
+A stop (SIGINT/SIGTERM) skips the ``deferrable`` callbacks still to run at its step and records
 them as pending in the checkpoint; a resumed run runs them first, so its logs match an
-uninterrupted run's. Only rank 0 writes; under ``torchrun`` every rank runs every hook, since
+uninterrupted run's. Only rank 0 writes; under ``torchrun`` every rank runs every callback, since
 the log means and the evaluation gather from all ranks.
 """
 
@@ -52,27 +58,123 @@ SELECTION_SPLIT = "val"
 Evaluate = Callable[[Any, list[str]], tuple[dict[str, float], list[dict[str, Any]]]]
 
 
+class LoopView:
+    """What a callback sees of the loop, read-only, and the sink for what it produces."""
+
+    def __init__(self, loop: Trainer) -> None:
+        self._loop = loop
+
+    # ---- read-only: the loop's state and the run's parts
+    @property
+    def step(self) -> int:
+        """Steps done (counted from 0 before the first)."""
+        return self._loop.step
+
+    @property
+    def stopping(self) -> bool:
+        return self._loop.stopping
+
+    @property
+    def model(self) -> Any:
+        return self._loop.model
+
+    @property
+    def device(self) -> torch.device:
+        return self._loop.device
+
+    @property
+    def run_dir(self) -> Path:
+        return self._loop.run_dir
+
+    @property
+    def world(self) -> Any:
+        return self._loop.world
+
+    @property
+    def settings(self) -> Any:
+        """The trainer settings (``trainer.*``)."""
+        return self._loop.settings
+
+    @property
+    def log_settings(self) -> Any:
+        """The logger settings (``logger.*``)."""
+        return self._loop.log_settings
+
+    @property
+    def epoch(self) -> float:
+        return float(self._loop.stream.epoch)
+
+    def learning_rates(self) -> dict[str, float]:
+        return {name: float(opt.param_groups[0]["lr"]) for name, opt in self._loop.optimizers.items()}
+
+    def average(self) -> EMA | None:
+        """The weight average pictures and evaluation use (None: the live weights)."""
+        return self._loop.average()
+
+    # ---- the loop's meters, read at a callback's interval
+    def interval_means(self, reset: bool) -> dict[str, float]:
+        """The logged scalars' means since the last reset, in one host sync (see ``Trainer.interval_means``)."""
+        return self._loop.interval_means(reset=reset)
+
+    def clock(self) -> tuple[float, float]:
+        """(training time of the run so far, steps per second since the last call): the loop's clock, which leaves out the
+        time of callbacks that are not ``training_time``."""
+        return self._loop.clock()
+
+    # ---- the sink
+    def scalars(self, values: dict[str, float]) -> None:
+        self._loop.loggers.scalars(values, self._loop.step)
+
+    def image(self, tag: str, picture: Any, path: Path) -> None:
+        self._loop.loggers.image(tag, picture, self._loop.step, path)
+
+    def record(self, line: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl``."""
+        self._loop.jsonl.write(line)
+
+    def say(self, message: str) -> None:
+        """A line on the terminal and in ``gentrain.log``."""
+        self._loop.console.print(message, highlight=False)
+        RUN_LOG.info("%s", message)
+
+    def progress(self, values: dict[str, float], steps_per_s: float) -> None:
+        self._loop.progress.logged(self._loop.step, values, steps_per_s)
+
+    def checkpoint(self) -> None:
+        """``checkpoints/last.pt`` now."""
+        self._loop.checkpoint()
+
+    def save_checkpoint(self, path: Path) -> None:
+        """The run's full state to ``path`` (``best.pt``)."""
+        atomic_save(self._loop.state_dict(), path)
+
+
 class Hook:
     """Base class: a named job around the steps; every method is optional."""
 
     name = ""
     deferrable = False  # a stop may skip it at its step; it then runs first on resume
+    training_time = True  # its time counts as training time (False: pictures and evaluation, left out of steps/s)
 
-    def before_step(self, loop: Trainer) -> None:
-        """Before the phases of step ``loop.step`` (counted from 0)."""
+    def before_step(self, view: LoopView) -> None:
+        """Before the phases of step ``view.step`` (counted from 0)."""
 
-    def due(self, loop: Trainer, last: bool) -> bool:
-        """Whether :meth:`after_step` runs after this step (``loop.step`` steps done)."""
+    def due(self, view: LoopView, last: bool) -> bool:
+        """Whether :meth:`after_step` runs after this step (``view.step`` steps done)."""
         return True
 
-    def after_step(self, loop: Trainer, last: bool) -> None:
+    def after_step(self, view: LoopView, last: bool) -> None:
         """After the step; ``last``: the run's final step."""
 
     def state_dict(self) -> Any:
+        """Saved in the checkpoint under this callback's ``name`` (None: nothing to save)."""
         return None
 
     def load_state_dict(self, state: Any) -> None:
         """Restore :meth:`state_dict` (``None`` from a checkpoint that has none)."""
+
+
+Callback = Hook
 
 
 class ScheduleHook(Hook):
@@ -88,15 +190,15 @@ class ScheduleHook(Hook):
     def __init__(self, schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]) -> None:
         self.schedulers = schedulers
 
-    def before_step(self, loop: Trainer) -> None:
+    def before_step(self, view: LoopView) -> None:
         for scheduler in self.schedulers.values():
-            if scheduler.last_epoch < loop.step:
+            if scheduler.last_epoch < view.step:
                 with warnings.catch_warnings():  # on resume torch would warn that no optimizer step came first
                     warnings.simplefilter("ignore", UserWarning)
-                    while scheduler.last_epoch < loop.step:
+                    while scheduler.last_epoch < view.step:
                         scheduler.step()
 
-    def due(self, loop: Trainer, last: bool) -> bool:
+    def due(self, view: LoopView, last: bool) -> bool:
         return False
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,7 +220,7 @@ class EMAHook(Hook):
     def __init__(self, ema: EMA) -> None:
         self.ema = ema
 
-    def after_step(self, loop: Trainer, last: bool) -> None:
+    def after_step(self, view: LoopView, last: bool) -> None:
         self.ema.update()
 
 
@@ -129,32 +231,32 @@ class LogHook(Hook):
 
     def __init__(self, every: int) -> None:
         self.every = every
+        self.final: dict[str, float] = {}  # the last logged interval's values: the report's "final"
 
-    def due(self, loop: Trainer, last: bool) -> bool:
-        return loop.step % self.every == 0 or last
+    def due(self, view: LoopView, last: bool) -> bool:
+        return view.step % self.every == 0 or last
 
-    def after_step(self, loop: Trainer, last: bool) -> None:
-        values = loop.interval_means(reset=True)
+    def after_step(self, view: LoopView, last: bool) -> None:
+        values = view.interval_means(reset=True)
         if not values:
             return
-        now = time.perf_counter()
-        t0, step0 = loop.mark
-        elapsed = now - t0 - loop.paused  # pictures and evaluation are not training
-        loop.paused = 0.0
-        loop.train_time_s += elapsed
-        loop.mark = (now, loop.step)
-        steps_per_s = (loop.step - step0) / elapsed if elapsed > 0 else float("nan")
+        train_time_s, steps_per_s = view.clock()
         values["train/steps_per_s"] = steps_per_s
-        values["train/epoch"] = float(loop.stream.epoch)
-        for name, opt in loop.optimizers.items():
-            values[f"train/lr/{name}"] = float(opt.param_groups[0]["lr"])
-        loop.final = values
-        if not loop.world.main:
+        values["train/epoch"] = view.epoch
+        values |= {f"train/lr/{name}": lr for name, lr in view.learning_rates().items()}
+        self.final = values
+        if not view.world.main:
             return
-        loop.loggers.scalars(values, loop.step)
-        loop.jsonl.write({"kind": "train", "step": loop.step, "time_s": round(loop.train_time_s, 3), **values})
-        RUN_LOG.info("step %d/%d  %.1f steps/s  %s", loop.step, loop.settings.max_steps, steps_per_s, format_logs(values))
-        loop.progress.logged(loop.step, values, steps_per_s)
+        view.scalars(values)
+        view.record({"kind": "train", "step": view.step, "time_s": round(train_time_s, 3), **values})
+        RUN_LOG.info("step %d/%d  %.1f steps/s  %s", view.step, view.settings.max_steps, steps_per_s, format_logs(values))
+        view.progress(values, steps_per_s)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"final": dict(self.final)}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.final = dict((state or {}).get("final", {}))
 
 
 class SampleHook(Hook):
@@ -162,58 +264,58 @@ class SampleHook(Hook):
 
     name = "samples"
     deferrable = True
+    training_time = False
 
-    def __init__(self, loop: Trainer) -> None:
-        ls = loop.log_settings
+    def __init__(self, ls: Any, head: Tensor, device: torch.device) -> None:
+        """``ls``: the logger settings; ``head``: the first training examples (uint8 images or points), for the pictures."""
         self.every = ls.samples_every
-        head = loop.stream.head(max(ls.n_points, ls.n_samples)).x
         points = head.dim() == 2
         # a fixed batch of real 2-D points for scatter plots (images need none)
-        self.reference = head[: ls.n_points].to(loop.device) if points else None
+        self.reference = head[: ls.n_points].to(device) if points else None
         # a fixed batch of real data for the model's own pictures (reconstructions, density plots)
         from gentrain.shared import to_model_space
 
-        self.picture_batch = to_model_space(head[: ls.n_points if points else ls.n_samples].to(loop.device))
+        self.picture_batch = to_model_space(head[: ls.n_points if points else ls.n_samples].to(device))
         self.path: Path | None = None
 
-    def due(self, loop: Trainer, last: bool) -> bool:
-        return bool(self.every) and (loop.step % self.every == 0 or last)
+    def due(self, view: LoopView, last: bool) -> bool:
+        return bool(self.every) and (view.step % self.every == 0 or last)
 
     @torch.no_grad()
-    def after_step(self, loop: Trainer, last: bool) -> None:
-        if not loop.world.main:
+    def after_step(self, view: LoopView, last: bool) -> None:
+        if not view.world.main:
             return
-        ls = loop.log_settings
-        generator = torch.Generator(device=loop.device).manual_seed(loop.settings.seed + FIXED_NOISE_SEED_OFFSET)
+        ls, model = view.log_settings, view.model
+        generator = torch.Generator(device=view.device).manual_seed(view.settings.seed + FIXED_NOISE_SEED_OFFSET)
         n = ls.n_points if self.reference is not None else ls.n_samples
         # a model may draw its pictures with a cheaper sampler (sampler.pictures; said at the start and in the report)
-        with sampling_state(loop.model, loop.average()), loop.model.drawing_pictures():
-            x, nrow = loop.model.sample_grid(n, generator=generator)
-            interpolations = self._interpolations(loop)
-            extra = loop.model.pictures(self.picture_batch, generator)
+        with sampling_state(model, view.average()), model.drawing_pictures():
+            x, nrow = model.sample_grid(n, generator=generator)
+            interpolations = self._interpolations(view)
+            extra = model.pictures(self.picture_batch, generator)
         picture = sample_picture(x.float(), self.reference, nrow)
         if picture is None:
             return
-        path = loop.run_dir / "samples" / f"step_{loop.step:06d}.png"
+        path = view.run_dir / "samples" / f"step_{view.step:06d}.png"
         save_png(picture, path)
         self.path = path
-        loop.loggers.image("samples", picture, loop.step, path)
+        view.image("samples", picture, path)
         named = {f"interp_{kind}": (grid, ls.interp_steps) for kind, grid in interpolations.items()} | extra
         for name, (images, rows) in named.items():
             image = image_grid(images.float(), rows, min_side=256 if images.shape[0] == 1 else 32)
-            image_path = loop.run_dir / "samples" / f"{name}_step_{loop.step:06d}.png"
+            image_path = view.run_dir / "samples" / f"{name}_step_{view.step:06d}.png"
             save_png(image, image_path)
-            loop.loggers.image(f"pictures/{name}", image, loop.step, image_path)
+            view.image(f"pictures/{name}", image, image_path)
 
-    def _interpolations(self, loop: Trainer) -> dict[str, Tensor]:
+    def _interpolations(self, view: LoopView) -> dict[str, Tensor]:
         """Linear and spherical latent interpolation grids (images only: a path of 2-D points is no picture)."""
-        ls = loop.log_settings
-        if not ls.interpolations or self.reference is not None or not isinstance(loop.model, Latent):
+        ls, model = view.log_settings, view.model
+        if not ls.interpolations or self.reference is not None or not isinstance(model, Latent):
             return {}
         grids = {}
         for kind, spherical in (("lerp", False), ("slerp", True)):
-            g = torch.Generator(device=loop.device).manual_seed(loop.settings.seed + FIXED_NOISE_SEED_OFFSET + 1)
-            out = loop.model.interpolate(ls.interp_rows, ls.interp_steps, spherical, generator=g)
+            g = torch.Generator(device=view.device).manual_seed(view.settings.seed + FIXED_NOISE_SEED_OFFSET + 1)
+            out = model.interpolate(ls.interp_rows, ls.interp_steps, spherical, generator=g)
             if out is None:
                 return {}
             grids[kind] = out
@@ -247,6 +349,7 @@ class EvalHook(Hook):
 
     name = "evaluate"
     deferrable = True
+    training_time = False
 
     def __init__(self, schedule: EvalSchedule) -> None:
         self.schedule = schedule
@@ -254,32 +357,31 @@ class EvalHook(Hook):
         self.step: int | None = None
         self.best: dict[str, Any] | None = None
 
-    def due(self, loop: Trainer, last: bool) -> bool:
-        return bool(self.schedule.splits(loop.step, last))
+    def due(self, view: LoopView, last: bool) -> bool:
+        return bool(self.schedule.splits(view.step, last))
 
-    def after_step(self, loop: Trainer, last: bool) -> None:
+    def after_step(self, view: LoopView, last: bool) -> None:
         ev = self.schedule
-        splits = ev.splits(loop.step, last)
+        splits = ev.splits(view.step, last)
         t0 = time.perf_counter()
-        with sampling_state(loop.model, loop.average()):
-            values, records = ev.evaluate(loop.model, splits)  # every rank: generation is split over ranks
+        with sampling_state(view.model, view.average()):
+            values, records = ev.evaluate(view.model, splits)  # every rank: generation is split over ranks
         elapsed = time.perf_counter() - t0
-        self.records, self.step = records, loop.step
+        self.records, self.step = records, view.step
         value = values.get(ev.best_key) if ev.best_key else None
         better = value is not None and math.isfinite(value) and (
             self.best is None or (value > self.best["value"] if ev.higher_is_better else value < self.best["value"])
         )
         if better:
-            self.best = {"key": ev.best_key, "value": value, "step": loop.step, "split": SELECTION_SPLIT}
-        if not loop.world.main:
+            self.best = {"key": ev.best_key, "value": value, "step": view.step, "split": SELECTION_SPLIT}
+        if not view.world.main:
             return
-        loop.loggers.scalars({f"eval/{k}": v for k, v in values.items()}, loop.step)
-        loop.jsonl.write({"kind": "eval", "step": loop.step, "splits": splits, "eval_time_s": round(elapsed, 3), **values, "results": records})
+        view.scalars({f"eval/{k}": v for k, v in values.items()})
+        view.record({"kind": "eval", "step": view.step, "splits": splits, "eval_time_s": round(elapsed, 3), **values, "results": records})
         shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
-        loop.console.print(f"eval at step {loop.step} ({', '.join(splits)}; {elapsed:.1f} s): {shown}", highlight=False)
-        RUN_LOG.info("eval at step %d (%s; %.1f s): %s", loop.step, ", ".join(splits), elapsed, shown)
+        view.say(f"eval at step {view.step} ({', '.join(splits)}; {elapsed:.1f} s): {shown}")
         if better:
-            atomic_save(loop.state_dict(), loop.run_dir / "checkpoints" / "best.pt")
+            view.save_checkpoint(view.run_dir / "checkpoints" / "best.pt")
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "results": self.records, "best": self.best}
@@ -297,14 +399,14 @@ class CheckpointHook(Hook):
     def __init__(self, every: int) -> None:
         self.every = every
 
-    def due(self, loop: Trainer, last: bool) -> bool:
-        return bool(self.every and loop.step % self.every == 0) or last or loop.stopping
+    def due(self, view: LoopView, last: bool) -> bool:
+        return bool(self.every and view.step % self.every == 0) or last or view.stopping
 
-    def after_step(self, loop: Trainer, last: bool) -> None:
-        loop.checkpoint()
+    def after_step(self, view: LoopView, last: bool) -> None:
+        view.checkpoint()
 
 
 __all__ = [
-    "FIXED_NOISE_SEED_OFFSET", "SELECTION_SPLIT", "CheckpointHook", "EMAHook", "EvalHook", "EvalSchedule", "Hook", "LogHook",
-    "SampleHook", "ScheduleHook",
+    "FIXED_NOISE_SEED_OFFSET", "SELECTION_SPLIT", "Callback", "CheckpointHook", "EMAHook", "EvalHook", "EvalSchedule", "Hook", "LogHook",
+    "LoopView", "SampleHook", "ScheduleHook",
 ]

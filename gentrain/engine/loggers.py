@@ -75,6 +75,9 @@ class Logger(Protocol):
     def flush(self) -> None:
         """Write what is buffered (called before every checkpoint write, so a kill loses nothing the checkpoint has)."""
 
+    #: What it writes, for the run's last line.
+    where: str
+
     def finish(self, status: str) -> None:
         """``status``: FINISHED, FAILED (training raised) or KILLED (stopped by a signal; a resume may continue it)."""
 
@@ -172,7 +175,7 @@ class Loggers:
     def __init__(self, backends: dict[str, Logger] | None = None, say: Callable[[str], None] | None = None) -> None:
         self.backends: dict[str, Logger] = dict(backends or {})
         self.names = list(self.backends)
-        self.where = [str(getattr(b, "where", n)) for n, b in self.backends.items()]  # what each writes, for the run's last line
+        self.where = [str(b.where or n) for n, b in self.backends.items()]  # what each writes, for the run's last line
         self.say = say
 
     def __bool__(self) -> bool:

@@ -1,10 +1,12 @@
-"""The generic training loop, driven by the objective's phases; everything around the steps is a hook.
+"""The generic training loop, driven by the objective's phases; everything around the steps is a callback.
 
 It knows no model or objective by name: for each step it runs every phase ``repeats`` times
 (draw a batch, the objective computes the loss, backward, gradients averaged over ranks, clip,
-optimizer step, ``after_update``) and keeps the logs on the device; the hooks of
-:mod:`gentrain.engine.hooks` (schedules, EMA, logging, pictures, evaluation, checkpoints) run
-after the step and synchronise with the host only at their intervals.
+optimizer step, ``after_update``) and keeps the logs on the device. It owns the step, the clock
+(training time, callbacks that are not training time left out), the stop request and the interval
+meter; the callbacks the task hands it (:mod:`gentrain.engine.hooks`: schedules, EMA, logging,
+pictures, evaluation, checkpoints) run after the step through a read-only view and a sink, and
+synchronise with the host only at their intervals.
 
 A SIGINT or SIGTERM takes effect at a step boundary (see :mod:`gentrain.engine.signals`; under
 ``torchrun`` at the next log or checkpoint step, when the ranks agree); hooks a stop skipped are
@@ -32,9 +34,7 @@ from gentrain.engine.checkpoint import FORMAT, VERSION, rng_kept, rng_state, set
 from gentrain.engine.device import autocast, deterministic_algorithms
 from gentrain.engine.distributed import World
 from gentrain.engine.ema import EMA
-from gentrain.engine.hooks import (
-    SELECTION_SPLIT, CheckpointHook, EMAHook, EvalHook, EvalSchedule, Hook, LogHook, SampleHook, ScheduleHook,
-)
+from gentrain.engine.hooks import SELECTION_SPLIT, EvalSchedule, Hook, LoopView
 from gentrain.engine.loader import Stream
 from gentrain.engine import progress as phase_progress
 from gentrain.engine.console import ConsoleProgress, cli_console
@@ -136,11 +136,11 @@ class Trainer:
         trainer: TrainerSettings,
         logger: LoggerSettings,
         config: dict[str, Any],
+        callbacks: list[Hook],
         console: Console | None = None,
-        evaluation: EvalSchedule | None = None,
         choices: dict[str, str] | None = None,
+        ema: EMA | None = None,
         sample_with_ema: bool = True,
-        schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] | None = None,
         world: World | None = None,
     ) -> None:
         self.model = model
@@ -168,32 +168,24 @@ class Trainer:
         self.step = 0
         self.train_time_s = 0.0
         self.acc = LogAccumulator()
-        self.final: dict[str, float] = {}
         self.loggers = Loggers()  # the chosen backends, opened by fit() on rank 0 (the other ranks log nothing)
         self.log_params: dict[str, Any] | None = None  # the run's parameters for the backends; None: the flattened config
         self.choices = choices or {}  # the config-group options of the run (model=dcgan ...), for tasks that reload it
-        self.ema = EMA(model, trainer.ema_decay, trainer.ema_warmup) if trainer.ema_decay is not None else None
+        self.ema = ema
         self.sample_with_ema = sample_with_ema
         self.pending: list[str] = []  # hooks of the current step not yet run (a stop skipped them)
         self.stop = StopRequest(self._say)
         self._stop_agreed = False
         self._saved_step: int | None = None
-        self.mark, self.paused = (0.0, 0), 0.0
-        self.schedule = ScheduleHook(schedulers or {})
-        self.samples = SampleHook(self)
-        self.evaluation = EvalHook(evaluation) if evaluation is not None else None
-        self.hooks: list[Hook] = [
-            self.schedule,
-            *([EMAHook(self.ema)] if self.ema is not None else []),
-            LogHook(logger.every),
-            self.samples,
-            *([self.evaluation] if self.evaluation is not None else []),
-            CheckpointHook(trainer.ckpt_every),
-        ]
+        self.mark, self.paused = (0.0, 0), 0.0  # the clock: (time, step) of the last reading; time of non-training callbacks since
+        names = [cb.name for cb in callbacks]
+        if len(set(names)) != len(names) or not all(names):
+            raise GentrainError(f"callbacks need distinct names (their state is saved under them), got {names}")
+        self.hooks: list[Hook] = list(callbacks)
+        self.view = LoopView(self)
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        evaluation = self.evaluation.state_dict() if self.evaluation is not None else {"step": None, "results": [], "best": None}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -202,18 +194,15 @@ class Trainer:
             "train_time_s": self.train_time_s,
             "model": self.model.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "schedulers": self.schedule.state_dict(),
             "scalers": {name: s.state_dict() for name, s in self.scalers.items() if s.is_enabled()},
             "stream": self.stream.state_dict(),
             "rng": rng_state(),
             "rng_ranks": self._rank_rngs,
             "world_size": self.world.size,
-            "best": evaluation.pop("best"),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "pending": list(self.pending),
             "log_interval": self.acc.state_dict(),
-            "final": dict(self.final),
-            "evaluation": evaluation,
+            "callbacks": {cb.name: state for cb in self.hooks if (state := cb.state_dict()) is not None},
             "choices": self.choices,
             "config": self.config,
         }
@@ -235,7 +224,6 @@ class Trainer:
         changes = []
         for name, opt in self.optimizers.items():
             changes += _load_optimizer(opt, ckpt["optimizers"][name], name)
-        self.schedule.load_state_dict(ckpt.get("schedulers"))
         for name, scaler in self.scalers.items():
             if scaler.is_enabled() and name in ckpt.get("scalers", {}):
                 scaler.load_state_dict(ckpt["scalers"][name])
@@ -257,9 +245,12 @@ class Trainer:
         self.train_time_s = float(ckpt.get("train_time_s", 0.0))
         self.pending = list(ckpt.get("pending", []))
         self.acc.load_state_dict(ckpt.get("log_interval"))
-        self.final = dict(ckpt.get("final", {}))
-        if self.evaluation is not None:
-            self.evaluation.load_state_dict({**(ckpt.get("evaluation") or {}), "best": ckpt.get("best")})
+        states = ckpt.get("callbacks")
+        if states is None:  # a checkpoint of gentrain before callbacks kept their own state
+            states = {"schedule": ckpt.get("schedulers"), "log": {"final": ckpt.get("final", {})},
+                      "evaluate": {**(ckpt.get("evaluation") or {}), "best": ckpt.get("best")}}
+        for cb in self.hooks:
+            cb.load_state_dict(states.get(cb.name))
         if self.ema is not None:
             if ckpt.get("ema") is None and self.step > 0:
                 raise GentrainError(f"checkpoint {source} has no weight average; resume without trainer.ema_decay or from a run that had it")
@@ -316,7 +307,7 @@ class Trainer:
                 self.model.train()
                 while self.step < s.max_steps and not self.stopping:
                     for hook in self.hooks:
-                        hook.before_step(self)
+                        hook.before_step(self.view)
                     for phase in self.objective.phases:
                         self._set_trainable(phase.name)
                         for _ in range(phase.repeats):
@@ -344,11 +335,18 @@ class Trainer:
                     p.requires_grad_(True)
             self.loggers.flush()
         session = time.perf_counter() - session_start
-        ev = self.evaluation
-        return TrainResult(
-            start_step, self.step, self.train_time_s, session, self.train_time_s - train_time_before, self.batches_per_step,
-            dict(self.final), self.samples.path, list(ev.records) if ev else [], ev.step if ev else None, ev.best if ev else None,
-        )
+        return TrainResult(start_step, self.step, self.train_time_s, session, self.train_time_s - train_time_before, self.batches_per_step)
+
+    def clock(self) -> tuple[float, float]:
+        """Read the loop's clock: (training time of the run so far, steps per second since the last reading). The time of
+        callbacks that are not ``training_time`` (pictures, evaluation) is left out of both."""
+        now = time.perf_counter()
+        t0, step0 = self.mark
+        elapsed = now - t0 - self.paused
+        self.paused = 0.0
+        self.train_time_s += elapsed
+        self.mark = (now, self.step)
+        return self.train_time_s, (self.step - step0) / elapsed if elapsed > 0 else float("nan")
 
     def _set_trainable(self, phase: str) -> None:
         """Only the phase's parameter group builds gradients: no wasted backward through the others."""
@@ -382,34 +380,36 @@ class Trainer:
         """The hooks due at this step, in order; the deferrable ones (pictures, evaluation) a stop may skip."""
         if self.world.active:
             distributed.broadcast_state(self.model, self.world, buffers_only=True)  # running statistics follow rank 0, as under DDP
-        due = [h for h in self.hooks if h.due(self, last)]
+        due = [h for h in self.hooks if h.due(self.view, last)]
         deferred = [h for h in due if h.deferrable]
         for hook in due:
             if hook.deferrable:
                 if hook is deferred[0]:
                     self._run_deferred(deferred, last)
             else:
-                hook.after_step(self, last)
+                t0 = time.perf_counter()
+                hook.after_step(self.view, last)
+                if not hook.training_time:
+                    self.paused += time.perf_counter() - t0
 
     def _run_deferred(self, hooks: list[Hook], last: bool) -> None:
-        """Pictures and evaluation of this step (not training time); a stop skips or cuts them short and leaves them pending."""
+        """The deferrable callbacks of this step (pictures, evaluation); a stop skips or cuts them short and leaves them pending."""
         self.pending = [h.name for h in hooks]
-        t0 = time.perf_counter()
-        try:
-            for hook in hooks:
-                if self.stopping:
-                    break
-                # a single process may cut a hook short; ranks must finish their collectives together
-                self.stop.abortable = not self.world.active
-                try:
-                    hook.after_step(self, last)
-                except HookAborted:
-                    break
-                finally:
-                    self.stop.abortable = False
-                self.pending.remove(hook.name)
-        finally:
-            self.paused += time.perf_counter() - t0
+        for hook in hooks:
+            if self.stopping:
+                break
+            # a single process may cut a callback short; ranks must finish their collectives together
+            self.stop.abortable = not self.world.active
+            t0 = time.perf_counter()
+            try:
+                hook.after_step(self.view, last)
+            except HookAborted:
+                break
+            finally:
+                self.stop.abortable = False
+                if not hook.training_time:
+                    self.paused += time.perf_counter() - t0
+            self.pending.remove(hook.name)
 
     @property
     def stopping(self) -> bool:

@@ -210,8 +210,8 @@ def _image_shape(images: Any) -> tuple[int, ...]:
 
 
 def _is_source(x: object) -> bool:
-    """A :class:`SampleSource` rather than a model (models are modules; sources have ``features``)."""
-    return not isinstance(x, torch.nn.Module) and callable(getattr(x, "features", None))
+    """A :class:`SampleSource` (given images) rather than a model: anything that is not a :class:`GenerativeModel`."""
+    return not isinstance(x, GenerativeModel)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -169,14 +169,12 @@ def mode_stats(
 
 def dataset_modes(dataset: object) -> tuple[Tensor, float]:
     """The mode centres [K, 2] and the mode std of a Gaussian-mixture toy set (``Ring8``, ``Grid25``)."""
-    name = getattr(dataset, "name", type(dataset).__name__)
-    try:
-        modes = getattr(dataset, "modes", None)
-    except NotImplementedError:  # the GaussianMixture base class declares modes without centres
-        modes = None
-    std = getattr(dataset, "mode_std", None)
-    if not isinstance(modes, Tensor) or std is None:
+    from gentrain.data.base import Dataset
+    from gentrain.data.toy import GaussianMixture
+
+    if not isinstance(dataset, GaussianMixture):
+        name = dataset.name if isinstance(dataset, Dataset) else type(dataset).__name__
         raise GentrainError(
             f"mode coverage needs a Gaussian-mixture toy set (dataset=ring8 or grid25); dataset={name} has no mode centres"
         )
-    return modes, float(std)
+    return dataset.modes, float(dataset.mode_std)

@@ -54,6 +54,9 @@ def gaussian_log_density(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
 class LikelihoodModel(GenerativeModel, Likelihood):
     """Base of models trained on (a bound of) the log-likelihood, in one phase."""
 
+    #: The levels per sub-pixel of the image data it models (``model.data_levels``); None: continuous data (vectors).
+    data_levels: int | None = None
+
     def param_groups(self) -> dict[str, nn.Module]:
         return {"main": self}
 
@@ -67,7 +70,7 @@ class LikelihoodModel(GenerativeModel, Likelihood):
 
     def check_data(self, data: DataSplit, dataset: str) -> None:
         """Images: every training value must be one of the model's levels (``model.data_levels``)."""
-        levels = getattr(self, "data_levels", None)
+        levels = self.data_levels
         if levels is None or data.x.dtype != torch.uint8:
             return
         bad = value_off_levels(data.x, levels)

@@ -31,6 +31,7 @@ from gentrain.engine.console import cli_console, summary_table
 from gentrain.engine.loggers import flatten
 from gentrain.engine.rundir import RUN_LOG, RunDirectory
 from gentrain.engine.streaming import open_stream
+from gentrain.engine.hooks import CheckpointHook, EMAHook, EvalHook, Hook, LogHook, SampleHook, ScheduleHook
 from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import MetricResult, flat_values
@@ -214,6 +215,33 @@ def _follow(
     return _train(resolved, setup, run_dir, choices, ckpt, source, Console(file=io.StringIO()), t0)
 
 
+def default_callbacks(s: Setup, stream: Any, ema: EMA | None) -> dict[str, Hook]:
+    """The callbacks of a run, by name, in the order they run after a step: learning-rate schedules, the weight average,
+    the interval's logs, sample pictures, evaluation, the checkpoint."""
+    head = stream.head(max(s.ls.n_points, s.ls.n_samples)).x
+    listed: list[Hook] = [
+        ScheduleHook(s.schedulers),
+        *([EMAHook(ema)] if ema is not None else []),
+        LogHook(s.ls.every),
+        SampleHook(s.ls, head, s.device),
+        *([EvalHook(s.schedule)] if s.schedule is not None else []),
+        CheckpointHook(s.ts.ckpt_every),
+    ]
+    return {cb.name: cb for cb in listed}
+
+
+def results_of(result: TrainResult, callbacks: dict[str, Hook]) -> TrainResult:
+    """``result`` with what the callbacks hold: the last logged values, the last sample picture, the last evaluation, best.pt."""
+    import dataclasses
+
+    log, samples, ev = callbacks["log"], callbacks["samples"], callbacks.get("evaluate")
+    assert isinstance(log, LogHook) and isinstance(samples, SampleHook) and (ev is None or isinstance(ev, EvalHook))
+    return dataclasses.replace(
+        result, final=dict(log.final), sample_path=samples.path, evaluation=list(ev.records) if ev else [],
+        evaluation_step=ev.step if ev else None, best=ev.best if ev else None,
+    )
+
+
 def _choices(cfg: DictConfig, hydra: Any) -> dict[str, Any]:
     """The run's config-group options (model=dcgan ...), kept in the checkpoint so a resume knows what the run was."""
     choices: dict[str, Any] = {g: choice(cfg, g) for g in GROUPS}
@@ -232,9 +260,11 @@ def _train(
     distributed.broadcast_state(s.model, s.world)  # every rank starts from rank 0's weights
     if s.world.active:  # each rank its own noise (the model's initial weights were drawn with trainer.seed on every rank)
         seed_everything(s.ts.seed + _RANK_SEED_STRIDE * (s.world.rank + 1))
+    ema = EMA(s.model, s.ts.ema_decay, s.ts.ema_warmup) if s.ts.ema_decay is not None else None
+    callbacks = default_callbacks(s, stream, ema)
     trainer = Trainer(
-        s.model, s.objective, s.optimizers, stream, s.device, s.ds.precision, run_dir, s.ts, s.ls, resolved, console, s.schedule, choices,
-        s.es.use_ema, s.schedulers, s.world,
+        s.model, s.objective, s.optimizers, stream, s.device, s.ds.precision, run_dir, s.ts, s.ls, resolved, list(callbacks.values()),
+        console, choices, ema, s.es.use_ema, s.world,
     )
     trainer.log_params = hparam_view(choices, resolved)  # the parameters every logger backend records
     changes: list[str] = []
@@ -265,6 +295,7 @@ def _train(
         console.print(note, highlight=False)
         RUN_LOG.warning(note)
     result = trainer.fit()
+    result = results_of(result, callbacks)  # the task reads the results from the callbacks it built
     report = make_report(choices, resolved, result, s.ts, s.ls, s.device, s.ds.precision, setup_s, n_params, changes, s.world, pictures)
     if not s.world.main:
         return report

@@ -12,7 +12,7 @@ from conftest import make_config, quiet_console, tiny_overrides
 from gentrain.build import build_optimizers
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
-from gentrain.tasks.training import prepare
+from gentrain.tasks.training import default_callbacks, prepare
 
 STEP_LR = "+model.scheduler.G={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 2, gamma: 0.5}"
 
@@ -33,7 +33,7 @@ def test_a_torch_scheduler_per_phase_after_a_warm_up_resumes_exactly(train_run):
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert logged(resumed_dir, "train/lr/G") == logged(full_dir, "train/lr/G")[3:]
-    assert full["schedulers"]["G"]["last_epoch"] == resumed["schedulers"]["G"]["last_epoch"]
+    assert full["callbacks"]["schedule"]["G"]["last_epoch"] == resumed["callbacks"]["schedule"]["G"]["last_epoch"]
 
 
 def test_a_scheduler_for_a_phase_the_objective_lacks_is_one_line(train_run):
@@ -50,10 +50,11 @@ def test_grad_clip_caps_the_norm_of_each_clipped_phase(tmp_path, setting):
     from gentrain.engine.trainer import Trainer
 
     stream = BatchStream(s.dataset.load("train"), s.ts.batch_size, s.device, s.ts.seed)
-    trainer = Trainer(s.model, s.objective, s.optimizers, stream, s.device, "fp32", tmp_path, s.ts, s.ls, {}, quiet_console())
+    callbacks = default_callbacks(s, stream, None)
+    trainer = Trainer(s.model, s.objective, s.optimizers, stream, s.device, "fp32", tmp_path, s.ts, s.ls, {}, list(callbacks.values()), quiet_console())
     trainer.fit()
     norms = {phase: torch.nn.utils.get_total_norm([p.grad for p in trainer.group_params[phase]]).item() for phase in ("D", "G")}
-    assert norms["G"] <= 1e-4 * (1 + 1e-5) and trainer.final["train/G/grad_norm"] > 1e-3  # the log shows the norm before clipping
+    assert norms["G"] <= 1e-4 * (1 + 1e-5) and callbacks["log"].final["train/G/grad_norm"] > 1e-3  # the log shows the norm before clipping
     assert (norms["D"] <= 1e-4 * (1 + 1e-5)) == (setting == "1e-4")  # per phase: D unclipped
 
 
@@ -100,7 +101,7 @@ def test_fp16_scales_the_loss_and_skips_a_step_with_inf_gradients(train_run, tmp
     from gentrain.engine.trainer import Trainer
 
     stream = BatchStream(s.dataset.load("train"), s.ts.batch_size, s.device, s.ts.seed)
-    trainer = Trainer(s.model, s.objective, s.optimizers, stream, s.device, "fp16", tmp_path, s.ts, s.ls, {}, quiet_console())
+    trainer = Trainer(s.model, s.objective, s.optimizers, stream, s.device, "fp16", tmp_path, s.ts, s.ls, {}, list(default_callbacks(s, stream, None).values()), quiet_console())
     before = {k: v.detach().clone() for k, v in s.model.generator.named_parameters()}
     first = next(s.model.generator.parameters())
     handle = first.register_hook(lambda g: g * math.inf)  # an overflow, as fp16 gradients produce

@@ -257,13 +257,13 @@ def test_the_cli_refuses_a_missing_or_unknown_backend_with_one_line(tmp_path):
 
 
 def test_a_backend_that_fails_during_the_run_is_reported_once_and_turned_off():
-    from gentrain.engine.loggers import Loggers
+    from gentrain.engine.loggers import Backend, Loggers
 
-    class Broken:
+    class Broken(Backend):
         def scalars(self, values, step):
             raise OSError("disk full")
 
-    class Kept:
+    class Kept(Backend):
         seen: list = []
 
         def scalars(self, values, step):

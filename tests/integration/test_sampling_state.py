@@ -19,7 +19,7 @@ from gentrain.families.gan.base import AdversarialModel
 from gentrain.families.gan.models import GanMLP
 from gentrain.sampling import sample_batches, sampling_state
 from gentrain.tasks import sample
-from gentrain.tasks.training import prepare
+from gentrain.tasks.training import default_callbacks, prepare
 from test_metrics import TinyExtractor
 
 
@@ -117,7 +117,8 @@ def make_trainer(overrides: list[str], tmp_path, freeze: str | None = None) -> T
     if freeze is not None:
         s.model.get_parameter(freeze).requires_grad_(False)
     stream = BatchStream(s.dataset.load("train"), s.ts.batch_size, s.device, s.ts.seed)
-    return Trainer(s.model, s.objective, s.optimizers, stream, s.device, "fp32", tmp_path, s.ts, s.ls, {}, quiet_console())
+    callbacks = list(default_callbacks(s, stream, None).values())
+    return Trainer(s.model, s.objective, s.optimizers, stream, s.device, "fp32", tmp_path, s.ts, s.ls, {}, callbacks, quiet_console())
 
 
 def test_training_leaves_frozen_parameters_frozen(tmp_path):

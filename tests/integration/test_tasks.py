@@ -59,7 +59,7 @@ def test_training_evaluates_logs_and_keeps_the_best_checkpoint(trained):
     best_step = min(evals, key=lambda e: e["fid64_val"])["step"]
     assert report["best"]["step"] == best_step
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    assert best["step"] == best_step and best["best"]["value"] == min(e["fid64_val"] for e in evals)
+    assert best["step"] == best_step and best["callbacks"]["evaluate"]["best"]["value"] == min(e["fid64_val"] for e in evals)
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     assert [e.step for e in acc.Scalars("eval/fid64_val")] == [2, 4] and [e.step for e in acc.Scalars("eval/fid64")] == [4]
