@@ -124,6 +124,7 @@ def run_spec(cfg: DictConfig, resumed: bool = False) -> RunSpec:
     ts = typed(cfg.trainer, TrainerSettings, "trainer")
     ls = logger_settings(cfg.logger)
     check_backends(ls)  # a chosen logger backend that is not installed (logger=mlflow without mlflow)
+    _check_callbacks(cfg)
     es = typed(cfg.eval, EvalSettings, "eval")
     ds = typed(cfg.device, DeviceSettings, "device")
     check_precision(ds.precision)
@@ -137,6 +138,18 @@ def run_spec(cfg: DictConfig, resumed: bool = False) -> RunSpec:
     _check_phases(cfg, spec)
     _check_evaluation(cfg, spec)
     return spec
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """``callbacks.<name>``: each names an importable :class:`gentrain.engine.hooks.Hook` (built by the task, not here)."""
+    from gentrain.engine.hooks import callback_classes
+
+    node = OmegaConf.select(cfg, "callbacks", default=None)
+    if node is None:
+        return
+    if not isinstance(node, DictConfig):
+        raise GentrainError(f"callbacks must map names to {{_target_: package.Class, ...}}, got {node!r}; e.g. 'callbacks.mine={{_target_: mypkg.MyCallback}}'")
+    callback_classes(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
 
 
 def _group_class(cfg: DictConfig, group: str) -> type:

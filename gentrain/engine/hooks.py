@@ -41,6 +41,7 @@ from torch import Tensor
 from gentrain.engine.ema import EMA
 from gentrain.engine.console import format_logs
 from gentrain.engine.rundir import RUN_LOG
+from gentrain.errors import GentrainError
 from gentrain.models.base import Latent
 from gentrain.sampling import sampling_state
 from gentrain.shared import atomic_save
@@ -175,6 +176,45 @@ class Hook:
 
 
 Callback = Hook
+
+#: The default callbacks' names; a user's own callback (``callbacks.<name>``) takes another.
+BUILT_IN = ("schedule", "ema", "log", "samples", "evaluate", "checkpoint")
+
+
+def callback_classes(spec: dict[str, Any]) -> dict[str, type[Hook]]:
+    """The classes ``callbacks.<name>._target_`` name, checked without building: each imports, is a :class:`Hook`, and
+    its name is not a default callback's. One line otherwise."""
+    from gentrain.build import target_class
+
+    found: dict[str, type[Hook]] = {}
+    for name, node in spec.items():
+        target = str(node.get("_target_", "")) if isinstance(node, dict) else ""
+        cls = target_class(target)
+        if cls is None or not issubclass(cls, Hook):
+            what = "does not import" if cls is None else "is not a gentrain.engine.hooks.Hook"
+            raise GentrainError(
+                f"callbacks.{name}._target_={target or '?'} {what}; a callback is 'callbacks.{name}={{_target_: package.module.Class, ...}}' "
+                "naming a gentrain.engine.hooks.Hook subclass"
+            )
+        if name in BUILT_IN:
+            raise GentrainError(f"callbacks.{name}: '{name}' is a default callback's name (their state is saved by name); call yours otherwise")
+        found[name] = cls
+    return found
+
+
+def user_callbacks(spec: dict[str, Any]) -> list[Hook]:
+    """A user's own callbacks, ``callbacks.<name>: {_target_: ..., **options}``, built with their options; each is named
+    by its key, under which its state is saved in the checkpoint."""
+    built: list[Hook] = []
+    for name, cls in callback_classes(spec).items():
+        options = {k: v for k, v in spec[name].items() if k != "_target_"}
+        try:
+            callback = cls(**options)
+        except TypeError as e:
+            raise GentrainError(f"callbacks.{name}: {cls.__name__} does not take these options ({e}); check the keys under callbacks.{name}") from None
+        callback.name = name
+        built.append(callback)
+    return built
 
 
 class ScheduleHook(Hook):

@@ -31,7 +31,7 @@ from gentrain.engine.console import cli_console, summary_table
 from gentrain.engine.loggers import flatten
 from gentrain.engine.rundir import RUN_LOG, RunDirectory
 from gentrain.engine.streaming import open_stream
-from gentrain.engine.hooks import CheckpointHook, EMAHook, EvalHook, Hook, LogHook, SampleHook, ScheduleHook
+from gentrain.engine.hooks import CheckpointHook, EMAHook, EvalHook, Hook, LogHook, SampleHook, ScheduleHook, user_callbacks
 from gentrain.engine.trainer import SELECTION_SPLIT, EvalSchedule, Trainer, TrainResult
 from gentrain.errors import GentrainError
 from gentrain.metrics.fidelity import MetricResult, flat_values
@@ -215,9 +215,10 @@ def _follow(
     return _train(resolved, setup, run_dir, choices, ckpt, source, Console(file=io.StringIO()), t0)
 
 
-def default_callbacks(s: Setup, stream: Any, ema: EMA | None) -> dict[str, Hook]:
+def default_callbacks(s: Setup, stream: Any, ema: EMA | None, own: list[Hook] | None = None) -> dict[str, Hook]:
     """The callbacks of a run, by name, in the order they run after a step: learning-rate schedules, the weight average,
-    the interval's logs, sample pictures, evaluation, the checkpoint."""
+    the interval's logs, sample pictures, evaluation, the user's own (``callbacks.<name>``), the checkpoint (which then
+    saves their state too)."""
     head = stream.head(max(s.ls.n_points, s.ls.n_samples)).x
     listed: list[Hook] = [
         ScheduleHook(s.schedulers),
@@ -225,6 +226,7 @@ def default_callbacks(s: Setup, stream: Any, ema: EMA | None) -> dict[str, Hook]
         LogHook(s.ls.every),
         SampleHook(s.ls, head, s.device),
         *([EvalHook(s.schedule)] if s.schedule is not None else []),
+        *(own or []),
         CheckpointHook(s.ts.ckpt_every),
     ]
     return {cb.name: cb for cb in listed}
@@ -261,7 +263,7 @@ def _train(
     if s.world.active:  # each rank its own noise (the model's initial weights were drawn with trainer.seed on every rank)
         seed_everything(s.ts.seed + _RANK_SEED_STRIDE * (s.world.rank + 1))
     ema = EMA(s.model, s.ts.ema_decay, s.ts.ema_warmup) if s.ts.ema_decay is not None else None
-    callbacks = default_callbacks(s, stream, ema)
+    callbacks = default_callbacks(s, stream, ema, user_callbacks(resolved.get("callbacks") or {}))
     trainer = Trainer(
         s.model, s.objective, s.optimizers, stream, s.device, s.ds.precision, run_dir, s.ts, s.ls, resolved, list(callbacks.values()),
         console, choices, ema, s.es.use_ema, s.world,

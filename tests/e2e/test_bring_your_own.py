@@ -1,9 +1,9 @@
 """A user's own model family, from a package outside gentrain, through the CLI and the API with no edit to gentrain.
 
 The package is ``tests/fixtures/byo/mygen`` (a low-rank Gaussian with its own objective), its YAMLs
-``tests/fixtures/byo/conf/{model,objective}/*.yaml``: found with ``--config-dir`` on the command line and with
+``tests/fixtures/byo/conf/{model,objective,logger,callbacks}/*.yaml``: found with ``--config-dir`` on the command line and with
 ``hydra.searchpath`` in the API, as Hydra users do. It trains, evaluates, samples, resumes (bitwise on the CPU)
-and loads.
+and loads; the user's own logger and callback come in the same way (one class and one YAML each).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gentrain.errors import GentrainError
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "byo"
 CONF = FIXTURE / "conf"
 GENTRAIN = str(Path(sys.executable).with_name("gentrain"))
-RUN = ["model=lowrank", "dataset=ring8", "debug=tiny", "eval.metrics=[nll128]", "trainer.ckpt_every=2"]
+RUN = ["model=lowrank", "dataset=ring8", "debug=tiny", "eval.metrics=[nll128]", "trainer.ckpt_every=2", "callbacks=trace"]
 
 
 @pytest.fixture
@@ -43,6 +43,7 @@ def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def assert_same_weights(a: Path, b: Path) -> None:
     x, y = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (a, b))
     assert x["step"] == y["step"] == 4
+    assert x["callbacks"]["trace"] == y["callbacks"]["trace"] == {"calls": 2}  # the user's callback kept its state by name
     for key, value in x["model"].items():
         assert torch.equal(value, y["model"][key]), key
     for pid, state in x["optimizers"]["main"]["state"].items():
@@ -62,11 +63,10 @@ def test_a_users_own_family_trains_evaluates_samples_resumes_and_loads(tmp_path,
     cli(["--config-dir", str(CONF), *RUN, "trainer.max_steps=4", f"trainer.resume={tmp_path / 'half'}", f"hydra.run.dir={tmp_path / 'resumed'}"], tmp_path)
     assert_same_weights(tmp_path / "full", tmp_path / "resumed")
 
-    # the CLI's task=sample and task=eval need no config dir: the checkpoint holds the run's config
+    # the CLI evaluated the user's model at the end of its run; task=sample needs no config dir: the checkpoint holds the config
+    assert set(json.loads((tmp_path / "resumed" / "report.json").read_text())["metrics"]) == {"nll128", "nll128_bpd"}
     sampled = cli(["task=sample", f"ckpt={tmp_path / 'resumed'}", "n=8"], tmp_path)
     assert "8 samples of" in sampled.stdout
-    cli(["task=eval", f"ckpt={tmp_path / 'resumed'}", "eval.metrics=[nll128]"], tmp_path)
-    assert (tmp_path / "resumed" / "checkpoints" / "last.eval.json").is_file()
 
     # the API: load, sample, score, evaluate: the same numbers as the run's own
     loaded = gentrain.load(tmp_path / "full")
@@ -89,4 +89,18 @@ def test_a_users_own_logger_is_one_class_and_one_yaml(tmp_path, on_path):
     lines = [json.loads(line) for line in (result.run_dir / "scalars.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "train/main/loss" in r] == [2, 4]
     assert [r["step"] for r in lines if "eval/nll128" in r] == [4]  # the final evaluation's record too
+    assert [(r["step"], r["trace/calls"]) for r in lines if "trace/calls" in r] == [(2, 1.0), (4, 2.0)]  # the user's callback
     assert (result.run_dir / "metrics.csv").is_file() and not list(result.run_dir.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("callbacks.trace._target_=collections.OrderedDict",
+     "callbacks.trace._target_=collections.OrderedDict is not a gentrain.engine.hooks.Hook; a callback is "
+     "'callbacks.trace={_target_: package.module.Class, ...}' naming a gentrain.engine.hooks.Hook subclass"),
+    ("+callbacks.log={_target_:mygen.callbacks.LossTrace}",
+     "callbacks.log: 'log' is a default callback's name (their state is saved by name); call yours otherwise"),
+])
+def test_a_callback_that_is_no_hook_or_takes_a_default_name_is_one_line(tmp_path, on_path, override, message):
+    with pytest.raises(GentrainError) as e:
+        gentrain.train([f"hydra.searchpath=[file://{CONF}]", *RUN, override], run_dir=tmp_path / "r", quiet=True)
+    assert str(e.value) == message and not (tmp_path / "r").exists()
