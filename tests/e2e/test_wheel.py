@@ -59,15 +59,14 @@ def test_the_wheel_runs_every_task_from_another_directory(installed, tmp_path):
     gentrain = [sys.executable, "-m", "gentrain"]
     tiny = ["model=gan_mlp", "dataset=ring8", "dataset.n_train=512", "dataset.n_test=128", "model.g_widths=[16]", "model.d_widths=[16]",
             "trainer.batch_size=16", "logger.every=1", "logger.samples_every=2", "logger.progress=false", "device=cpu"]
-    _run([*gentrain, *tiny, "trainer.max_steps=2", "eval.metrics=[modes200]", "hydra.run.dir=run"], work, env)
-    report = json.loads((work / "run" / "report.json").read_text())
+    _run([*gentrain, "-m", *tiny, "trainer.max_steps=2", "eval.metrics=[modes200]", "seed=0,1", "hydra.sweep.dir=sweep"], work, env)
+    report = json.loads((work / "sweep" / "0" / "report.json").read_text())
     assert report["run"]["steps"] == 2 and "modes200_fair" in report["metrics"]
-    ckpt = work / "run" / "checkpoints" / "last.pt"
+    ckpt = work / "sweep" / "0" / "checkpoints" / "last.pt"
     _run([*gentrain, "task=sample", f"ckpt={ckpt}", "n=8", f"out={work / 'samples'}"], work, env)
     assert list((work / "samples").glob("*.npz"))
     _run([*gentrain, "task=eval", f"ckpt={ckpt}", "eval.metrics=[modes200]"], work, env)
-    assert (work / "run" / "checkpoints" / "last.eval.json").is_file()
-    _run([*gentrain, "-m", *tiny, "trainer.max_steps=1", "seed=0,1", "hydra.sweep.dir=sweep"], work, env)
+    assert (ckpt.parent / "last.eval.json").is_file()
     _run([*gentrain, "task=summarize", "dir=sweep"], work, env)
     assert (work / "sweep" / "summary.csv").read_text().count("\n") == 3  # the header and two runs
     assert not (work / "outputs").exists() or not any((work / "outputs").iterdir())
