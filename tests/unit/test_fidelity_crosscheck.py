@@ -1,6 +1,6 @@
-"""The README's offline torch-fidelity cross-check: its snippet runs without network on gentrain's weights and agrees with task=eval.
+"""The docs' offline torch-fidelity cross-check: its snippet runs without network on gentrain's weights and agrees with task=eval.
 
-The snippet is the python block between ``<!-- fidelity-crosscheck -->`` markers in README.md, executed as written (only
+The snippet is the python block between ``<!-- fidelity-crosscheck -->`` markers in docs/evaluation.md, executed as written (only
 ``kid_subset_size`` shrinks to the tiny folders). The real Inception runs on 2 x 5 digits, one CPU thread: ~12 s.
 """
 
@@ -24,9 +24,9 @@ N = 5  # images per side: > 3 for the k = 3 precision/recall manifolds, few for 
 
 
 def readme_snippet() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "evaluation.md").read_text()
     block = re.search(r"<!-- fidelity-crosscheck -->\s*```python\n(.*?)```\s*<!-- /fidelity-crosscheck -->", text, flags=re.S)
-    assert block, "README.md has no ```python block between <!-- fidelity-crosscheck --> markers"
+    assert block, "docs/evaluation.md has no ```python block between <!-- fidelity-crosscheck --> markers"
     return block.group(1)
 
 
@@ -57,7 +57,7 @@ def test_readme_torch_fidelity_snippet_runs_offline_and_matches_gentrain(tmp_pat
     assert "kid_subset_size=1000" in code
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__main__"}
-    exec(compile(code.replace("kid_subset_size=1000", f"kid_subset_size={N}"), "README.md", "exec"), namespace)
+    exec(compile(code.replace("kid_subset_size=1000", f"kid_subset_size={N}"), "docs/evaluation.md", "exec"), namespace)
     theirs = namespace["metrics"]
 
     from gentrain.tasks import evaluate
