@@ -64,7 +64,14 @@ def _host_reads_per_run(run) -> list[int]:  # noqa: ANN001
     return out
 
 
-def _worker(rank: int, port: int, run_dir: str, out: str) -> None:
+def _worker(rank: int, port: int, run_dir: str, out: str, weights_port: int) -> None:
+    """Both tests' work in one spawn of two processes (each spawn costs two interpreters' start-up): the training runs,
+    then, in a process group of its own, :func:`_weights_worker`."""
+    _runs_worker(rank, port, run_dir, out)
+    _weights_worker(rank, weights_port, out)
+
+
+def _runs_worker(rank: int, port: int, run_dir: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
     seen = []
@@ -110,12 +117,23 @@ def _worker(rank: int, port: int, run_dir: str, out: str) -> None:
     ))
     torch.save({"batches": seen, "report": report["run"], "world": current().size, "syncs": syncs, "weights": weights, "evals": evals}, Path(out) / f"rank{rank}.pt")
     distributed.shutdown()
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        os.environ.pop(key)
 
 
-def test_two_processes_train_one_run_on_disjoint_batches_to_equal_weights(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    mp.start_processes(_worker, args=(free_port(), str(tmp_path / "run"), str(out)), nprocs=2, start_method="spawn")
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """The folder both tests' two-process work wrote (``out/rank<r>.pt``, ``out/weights<r>.pt``, the runs beside)."""
+    tmp_path = tmp_path_factory.mktemp("ranks")
+    (tmp_path / "out").mkdir()
+    port = free_port()
+    weights_port = next(p for p in iter(free_port, None) if p != port)
+    mp.start_processes(_worker, args=(port, str(tmp_path / "run"), str(tmp_path / "out"), weights_port), nprocs=2, start_method="spawn")
+    return tmp_path
+
+
+def test_two_processes_train_one_run_on_disjoint_batches_to_equal_weights(two_ranks):
+    tmp_path, out = two_ranks, two_ranks / "out"
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0["world"] == r1["world"] == 2
     assert len(r0["batches"]) == len(r1["batches"]) == 6 * 3  # 6 steps of 2 D batches and 1 G batch
@@ -163,13 +181,12 @@ def _weights_worker(rank: int, port: int, out: str) -> None:
     opt.step()
     distributed.broadcast_state(net, world, buffers_only=True)
     gathered = distributed.gather_rows(torch.full((rank + 1, 2), float(rank)), world)
-    torch.save({"state": net.state_dict(), "x": x, "gathered": gathered}, Path(out) / f"rank{rank}.pt")
+    torch.save({"state": net.state_dict(), "x": x, "gathered": gathered}, Path(out) / f"weights{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_gradient_average_equals_the_full_batch_gradient(tmp_path):
-    mp.start_processes(_weights_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+def test_gradient_average_equals_the_full_batch_gradient(two_ranks):
+    r0, r1 = (torch.load(two_ranks / "out" / f"weights{r}.pt", weights_only=False) for r in range(2))
     for key, value in r0["state"].items():
         assert torch.equal(value, r1["state"][key]), key
     assert torch.equal(r0["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
@@ -196,7 +213,7 @@ def test_torchrun_job_is_one_run_and_a_killed_run_resumes_exactly(tmp_path):
 
     The SIGTERM goes to the whole process group (torchrun and both ranks, as a terminal or a scheduler sends it), and
     torchrun forwards it too: rank 0 alone prints the stop line, once."""
-    steps = 400
+    steps = 200
     base = [a for a in tiny_overrides("gan_mlp", "ring8", steps=steps) if not a.startswith("logger.every")]
     base += ["logger.every=10", "trainer.ckpt_every=50", "logger.samples_every=1000"]
     full = torchrun([*base, f"hydra.run.dir={tmp_path / 'full'}"], tmp_path)
