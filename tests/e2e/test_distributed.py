@@ -22,6 +22,7 @@ from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.engine.distributed import World
 from gentrain.engine.loader import BatchStream
 from gentrain.data.base import DataSplit
+from gentrain.data.images import Digits
 from gentrain.tasks import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,11 +65,14 @@ def _host_reads_per_run(run) -> list[int]:  # noqa: ANN001
     return out
 
 
-def _worker(rank: int, port: int, run_dir: str, out: str, weights_port: int) -> None:
-    """Both tests' work in one spawn of two processes (each spawn costs two interpreters' start-up): the training runs,
-    then, in a process group of its own, :func:`_weights_worker`."""
-    _runs_worker(rank, port, run_dir, out)
-    _weights_worker(rank, weights_port, out)
+def _worker(rank: int, ports: tuple[int, int, int], run_dir: str, out: str) -> None:
+    """The two-process work of three tests in one spawn (each spawn costs two interpreters' start-up): the training runs,
+    then, each in a process group of its own, :func:`_weights_worker` and the features of given images."""
+    from test_eval_samples import _samples_worker
+
+    _runs_worker(rank, ports[0], run_dir, out)
+    _weights_worker(rank, ports[1], out)
+    _samples_worker(rank, ports[2], str(Path(out) / "images"), str(Path(out) / "features"))
 
 
 def _runs_worker(rank: int, port: int, run_dir: str, out: str) -> None:
@@ -124,11 +128,16 @@ def _runs_worker(rank: int, port: int, run_dir: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
     """The folder both tests' two-process work wrote (``out/rank<r>.pt``, ``out/weights<r>.pt``, the runs beside)."""
+    from test_eval_samples import write_pngs
+
     tmp_path = tmp_path_factory.mktemp("ranks")
-    (tmp_path / "out").mkdir()
-    port = free_port()
-    weights_port = next(p for p in iter(free_port, None) if p != port)
-    mp.start_processes(_worker, args=(port, str(tmp_path / "run"), str(tmp_path / "out"), weights_port), nprocs=2, start_method="spawn")
+    (tmp_path / "out" / "features").mkdir(parents=True)
+    write_pngs(Digits().load("test").x[:11].numpy(), tmp_path / "out" / "images")
+    ports: list[int] = []
+    while len(ports) < 3:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    mp.start_processes(_worker, args=(tuple(ports), str(tmp_path / "run"), str(tmp_path / "out")), nprocs=2, start_method="spawn")
     return tmp_path
 
 
@@ -199,6 +208,22 @@ def test_gradient_average_equals_the_full_batch_gradient(two_ranks):
     opt.step()
     for key in ("0.weight", "2.weight", "3.weight"):
         torch.testing.assert_close(net.state_dict()[key], r0["state"][key], rtol=1e-6, atol=1e-7)
+
+
+def test_given_images_split_over_ranks_gather_the_one_process_features(two_ranks):
+    from test_metrics import TinyExtractor
+
+    from gentrain.data.samples import open_images
+    from gentrain.metrics.evaluate import ImageSamples
+
+    single = ImageSamples(open_images(two_ranks / "out" / "images"), torch.device("cpu"))
+    for rank in range(2):
+        got = torch.load(two_ranks / "out" / "features" / f"rank{rank}.pt")
+        for n in (11, 1):  # uneven shares; fewer images than ranks
+            expected = single.features(n, TinyExtractor(), batch_size=4)
+            # the same rows in the same order (equal up to float rounding: the ranks' batches are cut elsewhere)
+            torch.testing.assert_close(got[n][0], expected.pool, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(got[n][1], expected.logits, rtol=1e-6, atol=1e-6)
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -151,6 +151,7 @@ def test_caveats_fewer_samples_other_sizes_and_no_reference(drawn, tmp_path):
 
 
 def _samples_worker(rank: int, port: int, folder: str, out: str) -> None:
+    """Rank ``rank``'s features of the images in ``folder`` (run by tests/e2e/test_distributed.py's two-process spawn)."""
     import torch.distributed as dist
 
     from gentrain.metrics.evaluate import ImageSamples
@@ -161,28 +162,6 @@ def _samples_worker(rank: int, port: int, folder: str, out: str) -> None:
     features = {n: source.features(n, TinyExtractor(), batch_size=4) for n in (11, 1)}  # uneven shares; fewer images than ranks
     torch.save({n: (f.pool, f.logits) for n, f in features.items()}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
-
-
-def test_given_images_split_over_ranks_gather_the_one_process_features(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    from gentrain.metrics.evaluate import ImageSamples
-
-    folder = write_pngs(Digits().load("test").x[:11].numpy(), tmp_path / "images")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_samples_worker, args=(port, str(folder), str(tmp_path)), nprocs=2, start_method="spawn")
-    single = ImageSamples(open_images(folder), torch.device("cpu"))
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
-        for n in (11, 1):
-            expected = single.features(n, TinyExtractor(), batch_size=4)
-            # the same rows in the same order (equal up to float rounding: the ranks' batches are cut elsewhere)
-            torch.testing.assert_close(got[n][0], expected.pool, rtol=1e-6, atol=1e-6)
-            torch.testing.assert_close(got[n][1], expected.logits, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ bad input
