@@ -33,6 +33,47 @@ def bare_overrides(model: str, dataset: str, objective: str | None = None, steps
     return [f"model={model}", f"dataset={dataset}", *chosen, "debug=tiny", "device=cpu", f"trainer.max_steps={steps}", *extra]
 
 
+def cli_in_process(args: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    """``gentrain <args>`` run by :func:`gentrain.cli.main` in this process, as a shell in ``cwd`` would run it (data under
+    ``cwd/data``, no HYDRA_FULL_ERROR): exit code, stdout, stderr. What main changes for the process (signal handlers,
+    the environment, sys.argv, the working directory, the root logger's handlers) is put back."""
+    import contextlib
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from gentrain.cli import main
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    root = logging.getLogger()
+    logged, level = list(root.handlers), root.level
+    env, argv, here = dict(os.environ), sys.argv, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = ["gentrain", *args]
+        os.environ["GENTRAIN_DATA"] = str(Path(cwd) / "data")
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(env)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        root.handlers[:] = logged
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["gentrain", *args], code, out.getvalue(), err.getvalue())
+
+
 def quiet_console() -> Console:
     return Console(file=io.StringIO(), width=120)
 
