@@ -56,7 +56,7 @@ GENTRAIN = shutil.which("gentrain", path=str(Path(sys.executable).parent)) or sh
 RUN = [
     "model=gan_mlp", "dataset=ring8", "device=cpu", "seed=0",
     "trainer.max_steps=200", "trainer.batch_size=128", "trainer.ckpt_every=10", "trainer.ema_decay=0.99",
-    "logger.every=5", "logger.samples_every=50", "logger.progress=false", "logger.tensorboard=true",
+    "logger.every=5", "logger.samples_every=50", "logger.progress=false",
     "eval.metrics=[modes1000]", "eval.every=25",
 ]
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
@@ -66,7 +66,7 @@ STREAM_RUN = [
     "model=dcgan", "dataset=image_folder", "dataset.size=16", "dataset.channels=1", "dataset.stream=true", "dataset.workers=2",
     "model.g_width=8", "model.d_width=8", "model.z_dim=8", "device=cpu", "seed=0",
     "trainer.max_steps=200", "trainer.batch_size=16", "trainer.ckpt_every=10", "trainer.ema_decay=0.99",
-    "logger.every=5", "logger.samples_every=50", "logger.n_samples=16", "logger.progress=false", "logger.tensorboard=true",
+    "logger.every=5", "logger.samples_every=50", "logger.n_samples=16", "logger.progress=false",
 ]
 #: --loggers: every backend at once.
 ALL_LOGGERS = "logger=[tensorboard,csv,mlflow,wandb]"

@@ -200,6 +200,8 @@ def logger_settings(node: DictConfig) -> LoggerSettings:
             backends[str(key)] = values.pop(key)
         elif value is None or value is False:  # logger.tensorboard=false: a chosen backend turned off
             values.pop(key)
+        elif value is True:  # the node was replaced by a flag: a backend is turned on by choosing it
+            raise GentrainError(f"logger.{key}=true replaces the {key} backend's settings; a backend is on when chosen (logger={key}, or logger=[...,{key}]) and off with logger.{key}=false")
     settings = typed(values, LoggerSettings, "logger")
     settings.backends = backends
     return settings

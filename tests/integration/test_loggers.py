@@ -325,3 +325,11 @@ def test_the_backends_draw_nothing_from_the_runs_random_numbers(run_dir, tmp_pat
     assert same_python_state, "Python's random state differs: a backend drew from the run's RNG"
     assert torch.equal(alone["rng"]["torch"], every["rng"]["torch"]) and torch.equal(alone["rng"]["numpy"][1], every["rng"]["numpy"][1])
     assert all(torch.equal(v, every["model"][k]) for k, v in alone["model"].items())
+
+
+def test_a_backend_is_turned_off_with_false_and_on_by_choosing_it_not_with_true():
+    from gentrain.config import logger_settings
+
+    assert logger_settings(make_config(["logger.tensorboard=false"]).logger).backends == {}
+    with pytest.raises(GentrainError, match=r"logger.tensorboard=true replaces the tensorboard backend's settings; a backend is on when chosen"):
+        logger_settings(make_config(["logger.tensorboard=true"]).logger)
