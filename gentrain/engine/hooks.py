@@ -175,10 +175,6 @@ class Hook:
         """Restore :meth:`state_dict` (``None`` from a checkpoint that has none)."""
 
 
-Callback = Hook
-
-#: The default callbacks' names; a user's own callback (``callbacks.<name>``) takes another.
-BUILT_IN = ("schedule", "ema", "log", "samples", "evaluate", "checkpoint")
 
 
 def callback_classes(spec: dict[str, Any]) -> dict[str, type[Hook]]:
@@ -196,10 +192,15 @@ def callback_classes(spec: dict[str, Any]) -> dict[str, type[Hook]]:
                 f"callbacks.{name}._target_={target or '?'} {what}; a callback is 'callbacks.{name}={{_target_: package.module.Class, ...}}' "
                 "naming a gentrain.engine.hooks.Hook subclass"
             )
-        if name in BUILT_IN:
+        if name in _built_in_names():
             raise GentrainError(f"callbacks.{name}: '{name}' is a default callback's name (their state is saved by name); call yours otherwise")
         found[name] = cls
     return found
+
+
+def _built_in_names() -> set[str]:
+    """The default callbacks' names (the classes below); a user's own callback (``callbacks.<name>``) takes another."""
+    return {cls.name for cls in Hook.__subclasses__() if cls.__module__ == __name__}
 
 
 def user_callbacks(spec: dict[str, Any]) -> list[Hook]:
@@ -447,6 +448,6 @@ class CheckpointHook(Hook):
 
 
 __all__ = [
-    "FIXED_NOISE_SEED_OFFSET", "SELECTION_SPLIT", "Callback", "CheckpointHook", "EMAHook", "EvalHook", "EvalSchedule", "Hook", "LogHook",
+    "FIXED_NOISE_SEED_OFFSET", "SELECTION_SPLIT", "CheckpointHook", "EMAHook", "EvalHook", "EvalSchedule", "Hook", "LogHook",
     "LoopView", "SampleHook", "ScheduleHook",
 ]
