@@ -36,7 +36,7 @@ def bare_overrides(model: str, dataset: str, objective: str | None = None, steps
 def cli_in_process(args: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
     """``gentrain <args>`` run by :func:`gentrain.cli.main` in this process, as a shell in ``cwd`` would run it (data under
     ``cwd/data``, no HYDRA_FULL_ERROR): exit code, stdout, stderr. What main changes for the process (signal handlers,
-    the environment, sys.argv, the working directory, the root logger's handlers) is put back."""
+    the environment, sys.argv, the working directory, the root logger's handlers, the stop state of gentrain.engine.signals) is put back."""
     import contextlib
     import logging
     import os
@@ -45,8 +45,12 @@ def cli_in_process(args: list[str], cwd: Path) -> "subprocess.CompletedProcess[s
     import sys
 
     from gentrain.cli import main
+    from gentrain.engine import signals
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a stop an earlier in-process test recorded must not reach this main(): it would end the process (exit_now)
+    stop_state = signals._first_signal, signals._ending
+    signals._first_signal, signals._ending = None, False
     root = logging.getLogger()
     logged, level = list(root.handlers), root.level
     env, argv, here = dict(os.environ), sys.argv, os.getcwd()
@@ -71,6 +75,7 @@ def cli_in_process(args: list[str], cwd: Path) -> "subprocess.CompletedProcess[s
             signal.signal(s, handler)
         root.handlers[:] = logged
         root.setLevel(level)
+        signals._first_signal, signals._ending = stop_state
     return subprocess.CompletedProcess(["gentrain", *args], code, out.getvalue(), err.getvalue())
 
 
