@@ -540,3 +540,37 @@ def test_discretised_decoder_sums_to_one(levels: int) -> None:
             sd = math.exp(0.5 * logvar_value)
             want = stats.norm.cdf((edges[1:] - mean_value) / sd) - stats.norm.cdf((edges[:-1] - mean_value) / sd)
             np.testing.assert_allclose(probs.numpy(), want, rtol=5e-4, atol=1e-6)
+
+
+# ---- the U-Net's normalisation at small widths --------------------------------------------------
+@pytest.mark.parametrize("channels", [8, 16, 32, 48, 64])
+@pytest.mark.parametrize("channel_mult", [[1, 2], [1, 2, 2]])
+def test_unet_group_norms_hold_several_channels_at_every_width(channels: int, channel_mult: list[int]) -> None:
+    """No GroupNorm of the U-Net is a per-channel instance norm at small widths: every group holds at least
+    model.group_channels (4) channels, and DDPM's 32 groups are kept where the channels allow (>= 128)."""
+    side = 4 * 2 ** (len(channel_mult) - 1)
+    model = DDPM(shape=[1, side, side], channels=channels, channel_mult=channel_mult, num_res_blocks=1, timesteps=10)
+    norms = [m for m in model.net.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms, "the U-Net has group norms"
+    for norm in norms:
+        per_group = norm.num_channels // norm.num_groups
+        assert norm.num_channels % norm.num_groups == 0
+        assert per_group >= 4 or norm.num_groups == 1, (norm.num_channels, norm.num_groups)
+        assert norm.num_groups <= 32
+        # the most groups the rule allows: one more divisor-sized group would leave fewer than 4 channels each
+        assert not any(norm.num_channels % g == 0 and norm.num_channels // g >= 4 for g in range(norm.num_groups + 1, 33))
+
+
+def test_norm_groups_rule() -> None:
+    from gentrain.families.diffusion.model import norm_groups
+
+    # 16 -> 4 groups of 4, 32 -> 8, 64 -> 16, 128 .. 512 -> DDPM's 32 (4 .. 16 channels each), 3 -> 1 group
+    assert [norm_groups(c) for c in (3, 4, 16, 24, 32, 48, 64, 96, 128, 256, 512)] == [1, 1, 4, 6, 8, 12, 16, 24, 32, 32, 32]
+    assert norm_groups(32, 1) == 32 and norm_groups(32, 8) == 4 and norm_groups(6, 4) == 1
+    # the key reaches every norm, and a bad value is one line
+    model = DDPM(shape=[1, 8, 8], channels=16, channel_mult=[1, 2], num_res_blocks=1, timesteps=10, group_channels=16)
+    assert {m.num_groups for m in model.net.modules() if isinstance(m, nn.GroupNorm)} == {1, 2, 3, 4}  # 16, 32, 48, 64 channels (the up path concatenates skips)
+    from gentrain.errors import GentrainError
+
+    with pytest.raises(GentrainError, match="model.group_channels"):
+        DDPM(shape=[1, 8, 8], channels=16, group_channels=0, timesteps=10)

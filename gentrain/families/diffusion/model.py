@@ -174,9 +174,25 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return F.pad(emb, (0, dim % 2))
 
 
-def _groups(channels: int) -> int:
-    """32 groups (DDPM) where the channels allow, else the largest divisor of the channels below 32."""
-    return math.gcd(32, channels)
+#: GroupNorm: at most DDPM's 32 groups, each of at least ``group_channels`` channels (the default below)
+MAX_GROUPS = 32
+GROUP_CHANNELS = 4
+
+
+def norm_groups(channels: int, group_channels: int = GROUP_CHANNELS) -> int:
+    """The GroupNorm groups of a layer of ``channels``: the most groups, at most 32 (DDPM's count), that divide the
+    channels into groups of at least ``group_channels`` each (1 group where even that is too many).
+
+    DDPM's 32 groups at its 128-512 channels put 4-16 channels in each; 32 (or gcd(32, C)) groups at 16-32 channels
+    would make every norm a per-channel instance norm, which at the 4x4 bottleneck of a small U-Net normalises
+    away the per-channel means the denoiser needs (``benchmarks/results/peers_cpu.md``, the U-Net ablation).
+    """
+    fits = [g for g in range(1, MAX_GROUPS + 1) if channels % g == 0 and channels // g >= group_channels]
+    return max(fits, default=1)
+
+
+def group_norm(channels: int, group_channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(channels, group_channels), channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -188,11 +204,11 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, + the embedding's projection, GroupNorm -> SiLU -> dropout -> conv (zero-initialised), + skip."""
 
-    def __init__(self, cin: int, cout: int, emb: int, dropout: float) -> None:
+    def __init__(self, cin: int, cout: int, emb: int, dropout: float, group_channels: int = GROUP_CHANNELS) -> None:
         super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(cin, group_channels), nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb, cout)
-        self.norm2, self.drop = nn.GroupNorm(_groups(cout), cout), nn.Dropout(dropout)
+        self.norm2, self.drop = group_norm(cout, group_channels), nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
@@ -206,9 +222,9 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Single-head self-attention over the pixels (DDPM's ``attn_block``), residual, output zero-initialised."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, group_channels: int = GROUP_CHANNELS) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = group_norm(channels, group_channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -226,10 +242,11 @@ class UNet(nn.Module):
 
     def __init__(
         self, shape: Sequence[int], channels: int, channel_mult: Sequence[int], attention_resolutions: Sequence[int],
-        num_res_blocks: int, dropout: float, num_classes: int | None,
+        num_res_blocks: int, dropout: float, num_classes: int | None, group_channels: int = GROUP_CHANNELS,
     ) -> None:
         super().__init__()
         cin, side = int(shape[0]), int(shape[1])
+        gc = group_channels
         emb = 4 * channels
         self.channels = channels
         self.time = nn.Sequential(nn.Linear(channels, emb), nn.SiLU(), nn.Linear(emb, emb))
@@ -240,29 +257,29 @@ class UNet(nn.Module):
         skips, ch, res = [channels], channels, side
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                blocks = [ResBlock(ch, channels * mult, emb, dropout)]
+                blocks = [ResBlock(ch, channels * mult, emb, dropout, gc)]
                 ch = channels * mult
                 if res in attention_resolutions:
-                    blocks.append(Attention(ch))
+                    blocks.append(Attention(ch, gc))
                 self.down.append(nn.ModuleList(blocks))
                 skips.append(ch)
             if level < len(channel_mult) - 1:
                 self.down.append(nn.ModuleList([Downsample(ch)]))
                 skips.append(ch)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb, dropout), Attention(ch), ResBlock(ch, ch, emb, dropout)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb, dropout, gc), Attention(ch, gc), ResBlock(ch, ch, emb, dropout, gc)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
-                blocks = [ResBlock(ch + skips.pop(), channels * mult, emb, dropout)]
+                blocks = [ResBlock(ch + skips.pop(), channels * mult, emb, dropout, gc)]
                 ch = channels * mult
                 if res in attention_resolutions:
-                    blocks.append(Attention(ch))
+                    blocks.append(Attention(ch, gc))
                 if level > 0 and i == num_res_blocks:
                     blocks.append(Upsample(ch))
                     res *= 2
                 self.up.append(nn.ModuleList(blocks))
-        self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), _zero(nn.Conv2d(ch, cin, 3, padding=1)))
+        self.out = nn.Sequential(group_norm(ch, gc), nn.SiLU(), _zero(nn.Conv2d(ch, cin, 3, padding=1)))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         emb = self.time(timestep_embedding(t, self.channels))
@@ -670,6 +687,7 @@ class DDPM(DiffusionModel):
         channel_mult: Sequence[int] | None = None,
         attention_resolutions: Sequence[int] | None = None,
         num_res_blocks: int = 2,
+        group_channels: int = GROUP_CHANNELS,
         dropout: float = 0.1,
         hidden: int = 256,
         blocks: int = 4,
@@ -687,7 +705,8 @@ class DDPM(DiffusionModel):
             mult, attention = unet_layout(shape, channel_mult, attention_resolutions)
             channels = check_int(channels, "model.channels", 1, example=64)
             num_res_blocks = check_int(num_res_blocks, "model.num_res_blocks", 0, example=2)
-            net: nn.Module = UNet(shape, channels, mult, attention, num_res_blocks, float(dropout), num_classes)
+            group_channels = check_int(group_channels, "model.group_channels", 1, example=GROUP_CHANNELS)
+            net: nn.Module = UNet(shape, channels, mult, attention, num_res_blocks, float(dropout), num_classes, group_channels)
             self_layout = {"channel_mult": mult, "attention_resolutions": attention}
         elif len(shape) == 1:
             hidden, blocks = check_int(hidden, "model.hidden", 1, example=256), check_int(blocks, "model.blocks", 0, example=4)
@@ -749,5 +768,5 @@ def _int_list(value: Any, key: str, example: str, note: str = "") -> list[int]:
 
 __all__ = [
     "DDPM", "GaussianDiffusion", "DiffusionModel", "MLPDenoiser", "SamplerSpec", "UNet", "cosine_alpha_bar", "log_interval_probability",
-    "check_process", "make_betas", "normal_kl", "timestep_embedding", "unet_layout",
+    "check_process", "make_betas", "norm_groups", "normal_kl", "timestep_embedding", "unet_layout",
 ]
