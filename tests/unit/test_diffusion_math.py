@@ -549,7 +549,7 @@ def test_unet_group_norms_hold_several_channels_at_every_width(channels: int, ch
     """No GroupNorm of the U-Net is a per-channel instance norm at small widths: every group holds at least
     model.group_channels (4) channels, and DDPM's 32 groups are kept where the channels allow (>= 128)."""
     side = 4 * 2 ** (len(channel_mult) - 1)
-    model = DDPM(shape=[1, side, side], channels=channels, channel_mult=channel_mult, num_res_blocks=1, timesteps=10)
+    model = DDPM(shape=[1, side, side], channels=channels, channel_mult=channel_mult, num_res_blocks=1, timesteps=10, group_channels=4)
     norms = [m for m in model.net.modules() if isinstance(m, nn.GroupNorm)]
     assert norms, "the U-Net has group norms"
     for norm in norms:
@@ -574,3 +574,7 @@ def test_norm_groups_rule() -> None:
 
     with pytest.raises(GentrainError, match="model.group_channels"):
         DDPM(shape=[1, 8, 8], channels=16, group_channels=0, timesteps=10)
+    # a checkpoint whose config has no model.group_channels was trained with gcd(32, C) groups, and is rebuilt so
+    assert norm_groups(16, None) == 16 and norm_groups(48, None) == 16
+    legacy = DDPM(shape=[1, 8, 8], channels=16, channel_mult=[1, 2], num_res_blocks=1, timesteps=10)
+    assert {m.num_groups for m in legacy.net.modules() if isinstance(m, nn.GroupNorm)} == {16, 32}

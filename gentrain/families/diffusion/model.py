@@ -179,19 +179,23 @@ MAX_GROUPS = 32
 GROUP_CHANNELS = 4
 
 
-def norm_groups(channels: int, group_channels: int = GROUP_CHANNELS) -> int:
+def norm_groups(channels: int, group_channels: int | None = GROUP_CHANNELS) -> int:
     """The GroupNorm groups of a layer of ``channels``: the most groups, at most 32 (DDPM's count), that divide the
-    channels into groups of at least ``group_channels`` each (1 group where even that is too many).
+    channels into groups of at least ``group_channels`` each (1 group where even that is too many). ``None`` is the
+    rule before ``model.group_channels`` existed, gcd(32, C): what a checkpoint whose config lacks the key was trained
+    with, so it loads into the network it was trained as (the YAML sets 4 for new runs).
 
     DDPM's 32 groups at its 128-512 channels put 4-16 channels in each; 32 (or gcd(32, C)) groups at 16-32 channels
     would make every norm a per-channel instance norm, which at the 4x4 bottleneck of a small U-Net normalises
     away the per-channel means the denoiser needs (``benchmarks/results/peers_cpu.md``, the U-Net ablation).
     """
+    if group_channels is None:
+        return math.gcd(MAX_GROUPS, channels)
     fits = [g for g in range(1, MAX_GROUPS + 1) if channels % g == 0 and channels // g >= group_channels]
     return max(fits, default=1)
 
 
-def group_norm(channels: int, group_channels: int) -> nn.GroupNorm:
+def group_norm(channels: int, group_channels: int | None) -> nn.GroupNorm:
     return nn.GroupNorm(norm_groups(channels, group_channels), channels)
 
 
@@ -204,7 +208,7 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, + the embedding's projection, GroupNorm -> SiLU -> dropout -> conv (zero-initialised), + skip."""
 
-    def __init__(self, cin: int, cout: int, emb: int, dropout: float, group_channels: int = GROUP_CHANNELS) -> None:
+    def __init__(self, cin: int, cout: int, emb: int, dropout: float, group_channels: int | None = GROUP_CHANNELS) -> None:
         super().__init__()
         self.norm1, self.conv1 = group_norm(cin, group_channels), nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb, cout)
@@ -222,7 +226,7 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Single-head self-attention over the pixels (DDPM's ``attn_block``), residual, output zero-initialised."""
 
-    def __init__(self, channels: int, group_channels: int = GROUP_CHANNELS) -> None:
+    def __init__(self, channels: int, group_channels: int | None = GROUP_CHANNELS) -> None:
         super().__init__()
         self.norm = group_norm(channels, group_channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
@@ -242,7 +246,7 @@ class UNet(nn.Module):
 
     def __init__(
         self, shape: Sequence[int], channels: int, channel_mult: Sequence[int], attention_resolutions: Sequence[int],
-        num_res_blocks: int, dropout: float, num_classes: int | None, group_channels: int = GROUP_CHANNELS,
+        num_res_blocks: int, dropout: float, num_classes: int | None, group_channels: int | None = GROUP_CHANNELS,
     ) -> None:
         super().__init__()
         cin, side = int(shape[0]), int(shape[1])
@@ -693,7 +697,7 @@ class DDPM(DiffusionModel):
         channel_mult: Sequence[int] | None = None,
         attention_resolutions: Sequence[int] | None = None,
         num_res_blocks: int = 2,
-        group_channels: int = GROUP_CHANNELS,
+        group_channels: int | None = None,
         dropout: float = 0.1,
         hidden: int = 256,
         blocks: int = 4,
@@ -711,7 +715,8 @@ class DDPM(DiffusionModel):
             mult, attention = unet_layout(shape, channel_mult, attention_resolutions)
             channels = check_int(channels, "model.channels", 1, example=64)
             num_res_blocks = check_int(num_res_blocks, "model.num_res_blocks", 0, example=2)
-            group_channels = check_int(group_channels, "model.group_channels", 1, example=GROUP_CHANNELS)
+            if group_channels is not None:  # None: a checkpoint from before the key (gcd(32, C) groups, see norm_groups)
+                group_channels = check_int(group_channels, "model.group_channels", 1, example=GROUP_CHANNELS)
             net: nn.Module = UNet(shape, channels, mult, attention, num_res_blocks, float(dropout), num_classes, group_channels)
             self_layout = {"channel_mult": mult, "attention_resolutions": attention}
         elif len(shape) == 1:
