@@ -47,9 +47,13 @@ class LatentVariableModel(LikelihoodModel, Latent):
 
     def __init__(
         self, shape: Sequence[int], z_dim: int, decoder: str, decoder_std: float, learn_std: bool, data_levels: int | None = None,
-        iwae_k: int = 100,
+        iwae_k: int = 100, encoder_input: str | None = None,
     ) -> None:
         super().__init__()
+        #: What the encoder reads (``model.encoder_input``): ``target``, what the decoder models (the binarised pixels of a
+        #: Bernoulli decoder, as Kingma & Welling and Burda et al. encode binarised MNIST), or ``data`` (the images in
+        #: [-1, 1]; None: what a checkpoint without the key was trained with)
+        self.encoder_input = check_choice(encoder_input or "data", ("target", "data"), "model.encoder_input", "target")
         #: Importance samples of the IWAE bound that evaluation reports (``nll<count>``): ``model.iwae_k``.
         self.iwae_k = check_int(iwae_k, "model.iwae_k", 1, example=100)
         self.shape = tuple(int(s) for s in shape)
@@ -91,7 +95,10 @@ class LatentVariableModel(LikelihoodModel, Latent):
 
     # ---- the three distributions ---------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """q(z|x): (mu [B, z], logvar [B, z]); logvar clamped for numerical safety."""
+        """q(z|x): (mu [B, z], logvar [B, z]); logvar clamped for numerical safety. With ``encoder_input=target`` and a
+        Bernoulli decoder the encoder reads the binarised pixels (as 0 -> -1, 1 -> 1)."""
+        if self.encoder_input == "target" and self.decoder_kind == "bernoulli":
+            x = self.binarise(x) * 2 - 1
         h = self.encoder(x)
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(-12, 8)
@@ -201,8 +208,9 @@ class VAE(LatentVariableModel):
         learn_std: bool = False,
         data_levels: int | None = None,
         iwae_k: int = 100,
+        encoder_input: str | None = None,
     ) -> None:
-        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels, iwae_k)
+        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels, iwae_k, encoder_input)
         dims = math.prod(self.shape)
         hidden = [int(h) for h in hidden]
         self.encoder = nn.Sequential(nn.Flatten(), _mlp([dims, *hidden, 2 * self.z_dim], nn.Tanh))
@@ -222,8 +230,9 @@ class ConvVAE(LatentVariableModel):
         learn_std: bool = False,
         data_levels: int | None = None,
         iwae_k: int = 100,
+        encoder_input: str | None = None,
     ) -> None:
-        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels, iwae_k)
+        super().__init__(shape, z_dim, decoder, decoder_std, learn_std, data_levels, iwae_k, encoder_input)
         if not self.images or self.shape[1] != self.shape[2]:
             raise GentrainError(f"model=conv_vae needs square images, got shape {list(self.shape)}; use model=vae for points")
         channels, size = self.shape[0], self.shape[1]
