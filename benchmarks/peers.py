@@ -454,7 +454,7 @@ class NormflowsRealNVP(nn.Module):
         return self.model.log_prob(h)
 
 
-PEER_GRID = {"transforms": [3, 6], "hidden": [64, 256]}  # --peer-grid small: [3] x [64] (smoke runs)
+PEER_GRID = {"transforms": [3, 6, 10], "hidden": [64, 256]}
 
 
 def flows(args: argparse.Namespace, console: Console) -> list[dict[str, Any]]:
@@ -475,8 +475,9 @@ def flows(args: argparse.Namespace, console: Console) -> list[dict[str, Any]]:
             extra = [o.partition(":")[2] for o in sizes[name]]
             r = likelihood.run_model(name, ns, [], extra, console)
             alpha = r["alpha"] if r["alpha"] is not None else alpha
+            report = json.loads((Path(ns.runs) / "digits" / name / "report.json").read_text())
             rows.append({**base, "impl": "gentrain", "method": f"gentrain model={name}" + (f" ({' '.join(extra)})" if extra else ""), "seed": seed,
-                         "train_s": r["train_s"], "values": {"test_bpd": r["test_bpd"], "val_bpd": r["val_bpd"]}, "best_step": r["best_step"],
+                         "params": sum(report["run"]["parameters"].values()), "train_s": r["train_s"], "values": {"test_bpd": r["test_bpd"], "val_bpd": r["val_bpd"]}, "best_step": r["best_step"],
                          "group": name})
             log(f"  gentrain {name} seed {seed}: test {r['test_bpd']:.3f} (val {r['val_bpd']:.3f}, step {r['best_step']})")
         for kind in ("zuko_maf", "zuko_realnvp", "normflows_realnvp"):
@@ -665,6 +666,8 @@ TITLES = {
     "vae": "VAE on binarised Fashion-MNIST: gentrain vs pythae, same networks",
     "gan_toy": "GANs on the 2-D mixtures (PacGAN's setting): gentrain's engine vs the plain reference loop",
 }
+#: the peer libraries each part uses (their versions are in the part's header)
+PEER_LIBS = {"ddpm_digits": ["diffusers"], "ddpm_fashion": ["diffusers"], "ddpm_toy": ["diffusers"], "flows": ["zuko", "normflows"], "vae": ["pythae"], "gan_toy": []}
 METRICS = {
     "ddpm_digits": ["fd_pixels", "fd_classifier", "fid297", "kid297", "eps_mse", "eps_mse_t<300", "eps_mse_t>=300"],
     "ddpm_fashion": ["fd_pixels", "fd_classifier", "fid250", "kid250", "eps_mse", "eps_mse_t<300", "eps_mse_t>=300"],
@@ -728,10 +731,10 @@ def render(args: argparse.Namespace) -> None:
         meta, rows = got
         v = meta["versions"]
         sections += [f"## {TITLES[part]}", ""]
+        libs = ", ".join(f"{lib} {v.get(lib)}" for lib in PEER_LIBS[part])
         sections.append(
-            f"- device: {meta['device']}, {meta['threads']} torch thread(s); torch {v.get('torch')}, gentrain {v.get('gentrain')}, "
-            f"diffusers {v.get('diffusers')}, zuko {v.get('zuko')}, normflows {v.get('normflows')}, pythae {v.get('pythae')}; "
-            f"Python {v.get('python')}"
+            f"- device: {meta['device']}, {meta['threads']} torch thread(s); torch {v.get('torch')}, gentrain {v.get('gentrain')}"
+            f"{', ' + libs if libs else ''}; Python {v.get('python')}"
         )
         sections.append(f"- wall time {meta['wall_s']:.0f} s (load average {', '.join(f'{x:.1f}' for x in meta['load'])} at the end), written {meta['when']}")
         budgets = sorted({r["budget"] for r in rows})
