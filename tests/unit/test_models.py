@@ -103,3 +103,32 @@ def test_critic_weights_of_unconditional_models_are_every_discriminator_paramete
     # what WGAN clips, as the paper's code: every parameter of the critic, batch-norm scales and shifts included
     for model in (DCGAN(shape=(1, 8, 8), g_width=8, d_width=8, z_dim=8, spectral_norm=spectral_norm), GanMLP(shape=(2,), z_dim=4, g_widths=(8,), d_widths=(8,))):
         assert list(map(id, model.critic_weights())) == list(map(id, model.discriminator.parameters()))
+
+
+@pytest.mark.parametrize("cls", ["VAE", "ConvVAE"])
+def test_vae_encoder_reads_the_binarised_target_or_the_images(cls):
+    """model.encoder_input=target: with a Bernoulli decoder the encoder sees only the binarised pixels, so two images
+    that binarise alike encode alike; =data (and a checkpoint without the key) reads the images themselves."""
+    from gentrain.families.vae import model as vae
+
+    torch.manual_seed(0)
+    a = torch.rand(4, 1, 8, 8) * 2 - 1
+    target = getattr(vae, cls)(shape=[1, 8, 8], data_levels=17, encoder_input="target")
+    b = torch.where(target.binarise(a) > 0, torch.full_like(a, 0.9), torch.full_like(a, -0.8))  # other levels, the same binarisation
+    assert target.encoder_input == "target"
+    assert torch.allclose(target.encode(a)[0], target.encode(b)[0])
+    data = getattr(vae, cls)(shape=[1, 8, 8], data_levels=17)
+    assert data.encoder_input == "data"
+    data.load_state_dict(target.state_dict())
+    assert not torch.allclose(data.encode(a)[0], data.encode(b)[0])
+    with pytest.raises(GentrainError, match="model.encoder_input"):
+        getattr(vae, cls)(shape=[1, 8, 8], data_levels=17, encoder_input="pixels")
+
+
+def test_ddpm_input_skip_is_a_flag():
+    from gentrain.families.diffusion.model import DDPM
+
+    assert DDPM(shape=[2], hidden=8, blocks=1, timesteps=10, input_skip=True).net.gate is not None
+    assert DDPM(shape=[2], hidden=8, blocks=1, timesteps=10).net.gate is None  # a checkpoint from before the key
+    with pytest.raises(GentrainError, match="model.input_skip must be true or false"):
+        DDPM(shape=[2], hidden=8, blocks=1, timesteps=10, input_skip="yes")

@@ -187,7 +187,7 @@ def norm_groups(channels: int, group_channels: int | None = GROUP_CHANNELS) -> i
 
     DDPM's 32 groups at its 128-512 channels put 4-16 channels in each; 32 (or gcd(32, C)) groups at 16-32 channels
     would make every norm a per-channel instance norm, which at the 4x4 bottleneck of a small U-Net normalises
-    away the per-channel means the denoiser needs (``benchmarks/results/peers_cpu.md``, the U-Net ablation).
+    away the per-channel means the denoiser needs (``benchmarks/results/ddpm_ablation_digits.md``).
     """
     if group_channels is None:
         return math.gcd(MAX_GROUPS, channels)
@@ -727,6 +727,8 @@ class DDPM(DiffusionModel):
             self_layout = {"channel_mult": mult, "attention_resolutions": attention}
         elif len(shape) == 1:
             hidden, blocks = check_int(hidden, "model.hidden", 1, example=256), check_int(blocks, "model.blocks", 0, example=4)
+            if input_skip not in (None, True, False):
+                raise GentrainError(f"model.input_skip must be true or false, got {input_skip!r}; e.g. model.input_skip=true")
             net = MLPDenoiser(shape[0], hidden, blocks, float(dropout), num_classes, bool(input_skip))
             self_layout = {}
         else:
