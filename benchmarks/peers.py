@@ -193,14 +193,14 @@ def diffusers_unet(model: Any) -> nn.Module:
     res = [side // 2**i for i in range(len(mult))]
     return UNet2DModel(
         sample_size=side, in_channels=c, out_channels=c, block_out_channels=tuple(net.channels * m for m in mult),
-        layers_per_block=args_blocks(net),
+        layers_per_block=res_blocks_per_level(net),
         down_block_types=tuple("AttnDownBlock2D" if r in attn else "DownBlock2D" for r in res),
         up_block_types=tuple("AttnUpBlock2D" if r in attn else "UpBlock2D" for r in reversed(res)),
         norm_num_groups=net.channels, dropout=0.1,
     )
 
 
-def args_blocks(net: Any) -> int:
+def res_blocks_per_level(net: Any) -> int:
     """Residual blocks per resolution of a gentrain U-Net (its first level's down blocks before the first Downsample)."""
     from gentrain.families.diffusion.model import Downsample
 
@@ -581,10 +581,9 @@ def vae(args: argparse.Namespace, console: Console) -> list[dict[str, Any]]:
         run_dir, report = diffusion.train_run(f"vae/gentrain_seed{seed}", over, steps, ns, console)
         _, _, model, average, _ = load_trained(str(run_dir), torch.device("cpu"))
         test = to_model_space(splits["test"][:n_test])
-        g0 = torch.manual_seed(10_000 + seed)
+        torch.manual_seed(10_000 + seed)  # the importance samples' noise, as for the peer below
         with sampling_state(model, average):
             ll = torch.cat([model.log_likelihood(test[i : i + 50], k=k) for i in range(0, n_test, 50)])
-        del g0
         rows.append({**base, "impl": "gentrain", "method": "gentrain model=vae (engine; last step)", "seed": seed, "train_s": report["run"]["train_time_s"],
                      "params": sum(p.numel() for p in model.parameters() if p.requires_grad), "values": {"nll_nats": float(-ll.mean())}, "published": published})
         log(f"  gentrain vae seed {seed}: NLL {float(-ll.mean()):.2f}")
