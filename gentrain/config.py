@@ -96,7 +96,7 @@ class TrainerSettings:
     ema_warmup: bool = True  # the average's decay is min(ema_decay, (1 + t) / (10 + t)) at its t-th update
     warmup_steps: int = 0  # learning rates rise linearly from lr / warmup_steps to lr over these first steps; 0: off
     grad_clip: Any = None  # max gradient norm: null (none), one number for every phase, or {phase: number}
-    compile: bool = False  # torch.compile the per-phase loss computation
+    compile: Any = False  # false | true (torch.compile each phase's loss) | step (the whole step as one captured region)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs, for launch-bound small models) | max-autotune | max-autotune-no-cudagraphs
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no code generation, for checks)
     deterministic: bool = False  # deterministic kernels while training (torch.use_deterministic_algorithms, cuDNN, cuBLAS workspace)

@@ -129,6 +129,11 @@ def run_spec(cfg: DictConfig, resumed: bool = False) -> RunSpec:
     ds = typed(cfg.device, DeviceSettings, "device")
     check_precision(ds.precision)
     check_choice(ts.compile_mode, COMPILE_MODES, "trainer.compile_mode", "reduce-overhead")
+    if ts.compile not in (False, True, "step"):
+        raise GentrainError(
+            f"trainer.compile must be false, true (torch.compile each phase's loss) or step (the whole step as one captured region), "
+            f"got {ts.compile!r}; e.g. trainer.compile=step"
+        )
     resume = Resume.parse(ts.resume)
     if resume.wanted and not resumed:  # the checkpoint's config decides the rest; checked once it is read
         return RunSpec(ts, ls, es, ds, resume)

@@ -92,8 +92,12 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     bf16 needs no loss scaling (it has fp32's exponent range); fp16 does, and the engine gives
     each phase a ``GradScaler`` for it.
     """
+    if precision not in ("bf16", "fp16"):  # fp32: no autocast context at all (entering a disabled one costs host time per step)
+        yield
+        return
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    with torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16")):
+    # cache_enabled=False: a CUDA graph capture must not keep autocast's weight casts across steps
+    with torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=not torch.cuda.is_current_stream_capturing() if device.type == "cuda" else True):
         yield
 
 

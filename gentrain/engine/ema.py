@@ -78,6 +78,27 @@ class EMA:
             b_avg.copy_(b)
         self.updates += 1
 
+    def update_in_step(self) -> None:
+        """The update as device work only, for a captured step (``trainer.compile=step``): ``d_t`` comes from a device
+        copy of the update count, which the region advances; :meth:`counted` keeps the host's count beside it."""
+        if self._count is None:
+            self._count = torch.tensor(float(self.updates), device=next(iter(self.module.parameters())).device)
+        averaged, sources, copied = self._pairs()
+        if self.warmup:
+            decay = torch.clamp((1.0 + self._count) / (10.0 + self._count), max=self.decay)
+            torch._foreach_lerp_(averaged, sources, 1.0 - decay)
+        else:
+            torch._foreach_lerp_(averaged, sources, 1.0 - self.decay)
+        for b_avg, b in copied:
+            b_avg.copy_(b)
+        self._count.add_(1.0)
+
+    def counted(self) -> None:
+        """The host's count of an update a captured step made."""
+        self.updates += 1
+
+    _count: Tensor | None = None
+
     @contextlib.contextmanager
     def applied(self, model: GenerativeModel) -> Iterator[None]:
         """Within the block, ``model.<part>`` is the averaged copy (the live weights before the first update)."""
@@ -103,6 +124,7 @@ class EMA:
             return
         self.module = self._copy()
         self.module.load_state_dict(state["weights"])
+        self._count = None
         # checkpoints written before the warm-up existed: their average is past any warm-up
         self.updates = int(state.get("updates", 10**9))
 

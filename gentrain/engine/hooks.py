@@ -102,6 +102,11 @@ class LoopView:
         return self._loop.log_settings
 
     @property
+    def captured(self) -> bool:
+        """This step ran as one captured region (``trainer.compile=step``): :meth:`Hook.step_part` work is done."""
+        return self._loop.captured
+
+    @property
     def epoch(self) -> float:
         return float(self._loop.stream.epoch)
 
@@ -166,6 +171,12 @@ class Hook:
 
     def after_step(self, view: LoopView, last: bool) -> None:
         """After the step; ``last``: the run's final step."""
+
+    def step_part(self) -> Callable[[], None] | None:
+        """Device work due after every step that a captured step (``trainer.compile=step``) runs inside itself (no host
+        sync, no Python state read that changes per step); None: nothing. :meth:`after_step` still runs after each step
+        and reads ``view.captured`` to know whether that work was done in the region."""
+        return None
 
     def state_dict(self) -> Any:
         """Saved in the checkpoint under this callback's ``name`` (None: nothing to save)."""
@@ -261,8 +272,11 @@ class EMAHook(Hook):
     def __init__(self, ema: EMA) -> None:
         self.ema = ema
 
+    def step_part(self) -> Callable[[], None] | None:
+        return self.ema.update_in_step if self.ema.module is not None else None  # the copy is taken eagerly, at the first update
+
     def after_step(self, view: LoopView, last: bool) -> None:
-        self.ema.update()
+        self.ema.counted() if view.captured else self.ema.update()
 
 
 class LogHook(Hook):

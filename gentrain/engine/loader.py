@@ -54,8 +54,9 @@ class Stream(Protocol):
     @property
     def num_examples(self) -> int: ...
 
-    def next(self) -> Batch:
-        """The next batch of this rank, on the training device, in model space."""
+    def next(self, labels_only: bool = False) -> Batch:
+        """The next batch of this rank, on the training device, in model space; ``labels_only``: a phase that reads only
+        the labels and the size (``Phase.batch == "labels"``), whose images the stream may leave ungathered."""
         ...
 
     def head(self, n: int) -> DataSplit:
@@ -98,6 +99,8 @@ class BatchStream:
         self.perm: Tensor | None = None
         self.pos = 0
         self.epoch = 0
+        self._staging: list[list[Any]] | None = None  # pinned host buffers for batches copied from host memory
+        self._shift = False
 
     @property
     def num_examples(self) -> int:
@@ -106,18 +109,82 @@ class BatchStream:
     def head(self, n: int) -> DataSplit:
         return DataSplit(self.x[:n].cpu(), None if self.y is None else self.y[:n].cpu())
 
-    def next(self) -> Batch:
+    def _draw(self) -> None:
+        """A new epoch: a fresh permutation (CPU generator), on the data's device."""
+        self.perm = torch.randperm(self.num_examples, generator=self.generator).to(self.x.device, non_blocking=True)
+        self.pos = 0
+        self.epoch += 1
+
+    def next(self, labels_only: bool = False) -> Batch:
         n, step = self.num_examples, self.batch_size * self.world_size
         if self.perm is None or self.pos + step > n:
-            self.perm = torch.randperm(n, generator=self.generator).to(self.x.device, non_blocking=True)
-            self.pos = 0
-            self.epoch += 1
+            self._draw()
         start = self.pos + self.rank * self.batch_size
         idx = self.perm[start : start + self.batch_size]
         self.pos += step
-        x = self.x.index_select(0, idx).to(self.device, non_blocking=True)
-        y = None if self.y is None else self.y.index_select(0, idx).to(self.device, non_blocking=True)
-        return Batch(to_model_space(x), y)
+        y = None if self.y is None else self._gather(self.y, idx, 1)
+        if labels_only:
+            return Batch(None, y, n=self.batch_size, on=self.device)
+        return Batch(to_model_space(self._gather(self.x, idx, 0)), y)
+
+    def _gather(self, source: Tensor, idx: Tensor, which: int) -> Tensor:
+        """``source[idx]`` on the training device. From host memory it is gathered into a pinned staging buffer (two per
+        tensor, used in turn) and copied asynchronously: a pageable copy would make every batch wait on the host. A buffer
+        is reused only after the copy that read it two batches ago has finished (its event)."""
+        if source.device == self.device:
+            return source.index_select(0, idx)
+        if self._staging is None:
+            self._staging = [[None, None], [None, None]]  # [x or y][slot]: (pinned buffer, copy-done event)
+            self._slot = [0, 0]
+        slot = self._slot[which]
+        self._slot[which] = 1 - slot
+        entry = self._staging[which][slot]
+        shape = (self.batch_size, *source.shape[1:])
+        if entry is None:
+            entry = (torch.empty(shape, dtype=source.dtype).pin_memory(), torch.cuda.Event())
+            self._staging[which][slot] = entry
+        buffer, done = entry
+        done.synchronize()  # the copy out of this buffer two batches ago (long finished in a running loop)
+        torch.index_select(source, 0, idx, out=buffer)
+        out = buffer.to(self.device, non_blocking=True)
+        done.record()
+        return out
+
+    # ---- the whole-step mode (trainer.compile=step): batches gathered inside the captured step ----------------------
+    def open_window(self) -> tuple[Tensor, Tensor]:
+        """Device buffers for a captured step: ``window`` (this epoch's order, then the next one's, each cut to whole
+        global batches) and ``offset`` (the window position of the next batch, a device scalar the step advances).
+        The step's ``k``-th batch is ``window[offset + k * batch_size + arange(batch_size)]``; :meth:`reserve` keeps the
+        stream's state (order, position, epoch: what a checkpoint saves) exactly as :meth:`next` would leave it."""
+        if self.world_size != 1 or self.x.device != self.device:
+            raise GentrainError("the whole-step mode needs one process and the data on the training device")
+        self.whole = (self.num_examples // self.batch_size) * self.batch_size  # examples of one epoch's whole batches
+        if self.perm is None or self.pos + self.batch_size > self.num_examples:
+            self._draw()
+        self.window = torch.empty(2 * self.whole, dtype=torch.long, device=self.device)
+        self.window[: self.whole].copy_(self.perm[: self.whole])
+        self.offset = torch.full((), self.pos, dtype=torch.long, device=self.device)
+        return self.window, self.offset
+
+    def reserve(self, batches: int) -> None:
+        """Claim the next ``batches`` batches for one captured step (host bookkeeping, no sync): where they run past the
+        epoch, the next order is drawn into the window's second half, as :meth:`next` would draw it."""
+        end = self.pos + batches * self.batch_size
+        if end > self.whole:  # the step crosses into the next epoch
+            self._draw()
+            self.window[self.whole :].copy_(self.perm[: self.whole])
+            self.pos = end - self.whole
+            self._shift = True
+        else:
+            self.pos = end
+            self._shift = False
+
+    def settle(self) -> None:
+        """After a captured step that crossed an epoch: the new order moves to the window's front, the offset back by one epoch."""
+        if self._shift:
+            self.window[: self.whole].copy_(self.window[self.whole :])
+            self.offset.sub_(self.whole)
+            self._shift = False
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -143,7 +143,8 @@ class StreamingBatches:
         y = torch.stack([y for _, y in examples]) if self.indexed.labelled else None
         return DataSplit(torch.stack([x for x, _ in examples]), y)
 
-    def next(self) -> Batch:
+    def next(self, labels_only: bool = False) -> Batch:
+        """The next batch (the loader's workers read the images whatever ``labels_only`` says: the order is theirs)."""
         if self._batches is None:
             self._batches = iter(self.loader)
         self.order.take()  # the sampler handed the workers this same index list

@@ -43,6 +43,7 @@ from gentrain.engine.rundir import RUN_LOG
 from gentrain.engine.signals import HookAborted, StopRequest
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
+from gentrain.engine.wholestep import WholeStep, unsupported
 from gentrain.objectives.base import Objective, StepOutput
 from gentrain.shared import atomic_save
 
@@ -75,11 +76,18 @@ class TrainResult:
 
 
 class LogAccumulator:
-    """Sums detached scalars on the device; ``mean()`` syncs once for all of them."""
+    """Sums detached scalars on the device; ``mean()`` syncs once for all of them.
+
+    ``put`` keeps a value that is read as it is (the last one put), not averaged: the gradient norms,
+    which the engine measures at the interval's last step only. ``bind`` lays the sums and those
+    values out in device buffers that a captured step adds into (``trainer.compile=step``).
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
+        self.last: dict[str, Tensor] = {}
+        self.bound: tuple[Tensor, Tensor] | None = None
 
     def add(self, key: str, value: Tensor) -> None:
         value = value.detach().float()
@@ -100,27 +108,62 @@ class LogAccumulator:
             for k, v in values.items():
                 self.add(k, v)
 
+    def put(self, key: str, value: Tensor) -> None:
+        self.last[key] = value.detach().float()
+
+    def bind(self, sum_keys: list[str], last_keys: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Two device buffers, the sums of ``sum_keys`` and the values of ``last_keys``, holding what the interval has so
+        far; the accumulator's entries become views of them. ``count`` adds the host's counts of each captured step."""
+        sums, last = torch.zeros(len(sum_keys), device=device), torch.zeros(len(last_keys), device=device)
+        for buffer, keys, entries in ((sums, sum_keys, self.sums), (last, last_keys, self.last)):
+            for i, key in enumerate(keys):
+                if key in entries:
+                    buffer[i].copy_(entries[key])
+                entries[key] = buffer[i]
+        for key in sum_keys:
+            self.counts.setdefault(key, 0)
+        self.bound = (sums, last)
+        return sums, last
+
+    def count(self, counts: dict[str, int]) -> None:
+        for key, n in counts.items():
+            self.counts[key] += n
+
+    def unbind(self) -> None:
+        """The entries own their tensors again (after a captured stretch)."""
+        self.sums = {k: v.clone() for k, v in self.sums.items()}
+        self.last = {k: v.clone() for k, v in self.last.items()}
+        self.bound = None
+
     def mean(self, extra: dict[str, Tensor] | None = None, reset: bool = True, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
         """The means of the interval (and ``extra`` scalars, read in the same host sync); ``reset`` starts the next interval.
 
         ``reduce`` maps the stacked values before the read (under DDP: their mean over ranks).
         """
-        tensors = {k: self.sums[k] / self.counts[k] for k in self.sums} | {k: v.float() for k, v in (extra or {}).items()}
+        tensors = {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts.get(k)}
+        tensors |= self.last | {k: v.float() for k, v in (extra or {}).items()}
         if not tensors:
             return {}
         stacked = torch.stack(list(tensors.values()))
         values = (reduce(stacked) if reduce is not None else stacked).tolist()  # the one host sync
         if reset:
-            self.sums.clear()
-            self.counts.clear()
+            if self.bound is not None:  # a captured step adds into these buffers: zero them, keep the views
+                self.bound[0].zero_()
+                self.counts = dict.fromkeys(self.counts, 0)
+            else:
+                self.sums.clear()
+                self.counts.clear()
+                self.last.clear()
         return dict(zip(tensors, values))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+        return {"sums": {k: v.clone() for k, v in self.sums.items()}, "counts": dict(self.counts), "last": {k: v.clone() for k, v in self.last.items()}}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         self.sums = dict((state or {}).get("sums", {}))
         self.counts = {k: int(v) for k, v in (state or {}).get("counts", {}).items()}
+        self.last = dict((state or {}).get("last", {}))
+        self.bound = None
 
 
 class Trainer:
@@ -161,10 +204,15 @@ class Trainer:
         # such as a fixed decoder variance, stays frozen), and fit() turns them all back on
         self.switchable = {name: [p for p in params if p.requires_grad] for name, params in self.group_params.items()}
         self.batches_per_step = sum(phase.repeats for phase in objective.phases)
+        self.reads = {phase.name: phase.batch for phase in objective.phases}  # what each phase reads of its batch
         self.clip = clip_norms(trainer.grad_clip, list(optimizers))
         # fp16 needs loss scaling (its exponent range is narrow); a disabled scaler passes everything through
         self.scalers = {name: torch.amp.GradScaler(device.type, enabled=precision == "fp16") for name in optimizers}
-        self.losses = compiled_losses(objective, trainer) if trainer.compile else {}
+        self.losses = compiled_losses(objective, trainer) if trainer.compile is True else {}
+        self.log_keys: dict[str, list[str]] = {}  # the keys each phase's StepOutput logs (seen at its first eager update)
+        self.whole: WholeStep | None = None  # trainer.compile=step: the captured step, from the session's second step
+        self.captured = False  # the current step ran as the captured region
+        self._log_next = False  # the step being run is a logging step (its gradient norms are measured)
         self.step = 0
         self.train_time_s = 0.0
         self.acc = LogAccumulator()
@@ -193,7 +241,7 @@ class Trainer:
             "step": self.step,
             "train_time_s": self.train_time_s,
             "model": self.model.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "optimizers": {name: self.whole.portable(name, opt.state_dict()) if self.whole else opt.state_dict() for name, opt in self.optimizers.items()},
             "scalers": {name: s.state_dict() for name, s in self.scalers.items() if s.is_enabled()},
             "stream": self.stream.state_dict(),
             "rng": rng_state(),
@@ -305,13 +353,21 @@ class Trainer:
                     self._run_deferred([h for h in self.hooks if h.name in self.pending], self.step >= s.max_steps)
                     self.checkpoint()  # no longer pending (and best.pt's record is current), even if no step follows
                 self.model.train()
+                whole = s.compile == "step"
                 while self.step < s.max_steps and not self.stopping:
                     for hook in self.hooks:
                         hook.before_step(self.view)
-                    for phase in self.objective.phases:
-                        self._set_trainable(phase.name)
-                        for _ in range(phase.repeats):
-                            self._update(phase.name)
+                    self._log_next = (self.step + 1) % ls.every == 0 or self.step + 1 == s.max_steps
+                    if whole and self.whole is None and self.step > start_step:  # the session's first step ran eager
+                        whole = self._start_whole()
+                    self.captured = self.whole is not None
+                    if self.whole is not None:
+                        self.whole.run()
+                    else:
+                        for phase in self.objective.phases:
+                            self._set_trainable(phase.name)
+                            for _ in range(phase.repeats):
+                                self._update(phase.name)
                     self.step += 1
                     self.progress.advance(self.step)
                     self._after_step(self.step == s.max_steps)
@@ -328,6 +384,10 @@ class Trainer:
             self.loggers.finish("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
             raise
         finally:
+            if self.whole is not None:
+                self.whole.close()
+                self.whole = None
+            self.captured = False
             self.progress.close()
             phase_progress.install(outside)
             for params in self.switchable.values():
@@ -355,26 +415,42 @@ class Trainer:
                 for p in params:
                     p.requires_grad_(name == phase)
 
+    def _start_whole(self) -> bool:
+        """Capture the step from now on (``trainer.compile=step``), or say in one line why this run stays eager."""
+        reason = unsupported(self) or _unused(self)
+        if reason:
+            self._say(f"trainer.compile=step: {reason}; this run's steps run eager")
+            return False
+        self.whole = WholeStep(self)
+        RUN_LOG.info("trainer.compile=step: from step %d each step runs as one %s", self.step + 1,
+                     "CUDA graph" if self.device.type == "cuda" else f"torch.compile(fullgraph=True) region ({self.settings.compile_backend})")
+        return True
+
     def _update(self, phase: str) -> None:
         """One optimisation of ``phase``: batch, loss, backward, gradients averaged over ranks, clip, step, ``after_update``."""
-        batch = self.stream.next()
+        batch = self.stream.next(labels_only=self.reads[phase] == "labels")
         with autocast(self.device, self.precision):
             out: StepOutput = self.losses.get(phase, self.objective.step)(phase, self.model, batch)
+        if phase not in self.log_keys:
+            self.log_keys[phase] = list(out.logs)
         opt, scaler = self.optimizers[phase], self.scalers[phase]
         opt.zero_grad(set_to_none=True)
         scaler.scale(out.loss).backward()
         params = self.group_params[phase]
         distributed.average_gradients(params, self.world)
         scaler.unscale_(opt)
-        if math.isinf(self.clip[phase]):  # measured only: no multiply of every gradient by 1.0
+        grad_norm = None
+        if not math.isinf(self.clip[phase]):
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=self.clip[phase])
+        elif self._log_next:  # measured only where it is logged: the interval's last step
             grads = [p.grad for p in params if p.grad is not None]
             grad_norm = total_norm(grads) if grads else torch.zeros((), device=self.device)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=self.clip[phase])
         scaler.step(opt)
         scaler.update()
         self.objective.after_update(phase, self.model)
-        self.acc.add_all({**{f"train/{phase}/{k}": v for k, v in out.logs.items()}, f"train/{phase}/grad_norm": grad_norm})
+        self.acc.add_all({f"train/{phase}/{k}": v for k, v in out.logs.items()})
+        if self._log_next:  # the norm of the interval's last update of the phase
+            self.acc.put(f"train/{phase}/grad_norm", grad_norm)
 
     def _after_step(self, last: bool) -> None:
         """The hooks due at this step, in order; the deferrable ones (pictures, evaluation) a stop may skip."""
@@ -462,6 +538,14 @@ class Trainer:
                 f"lower the learning rate (model.optimizer.<phase>.lr); {kept}"
             )
         return values
+
+
+def _unused(trainer: Trainer) -> str:
+    """After an eager step: a trainable parameter its phase gave no gradient (the captured step updates every one)."""
+    for phase, params in trainer.switchable.items():
+        if phase in trainer.optimizers and any(p.grad is None for p in params):
+            return f"a trainable parameter of phase {phase} gets no gradient from its loss"
+    return ""
 
 
 def total_norm(grads: list[Tensor]) -> Tensor:

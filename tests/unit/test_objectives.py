@@ -62,7 +62,10 @@ def test_non_saturating_keeps_a_gradient_where_minimax_saturates():
 
 
 def test_phases_follow_d_steps():
-    assert NonSaturating(d_steps=5).phases == (Phase("D", 5), Phase("G", 1))
+    # the generator's phase draws its own noise: the engine gathers only the labels for it
+    assert NonSaturating(d_steps=5).phases == (Phase("D", 5), Phase("G", 1, batch="labels"))
+    with pytest.raises(GentrainError, match="must be 'data' or 'labels'"):
+        Phase("G", batch="images")
 
 
 @pytest.mark.parametrize("kwargs", [{"d_steps": 0}, {"d_steps": 1.5}, {"label_smoothing": 1.0}, {"label_smoothing": -0.1}])

@@ -43,7 +43,7 @@ class AdversarialObjective(Objective):
     """
 
     #: The phases by class (the critic's repeats come from ``objective.d_steps``, set per instance).
-    phases = (Phase("D"), Phase("G"))
+    phases = (Phase("D"), Phase("G", batch="labels"))
 
     family = AdversarialModel
     #: True where D's logit is that of a probability (the GAN losses): the D phase logs ``D_real`` and
@@ -58,7 +58,8 @@ class AdversarialObjective(Objective):
         self.d_steps = d_steps
         self.aux_weight = float(aux_weight)
         self.pack = check_int(pack, "objective.pack", 1, example=2)
-        self.phases = (Phase("D", d_steps), Phase("G", 1))
+        # the generator's phase draws its own noise: it reads only the batch's labels (a conditional model's classes) and size
+        self.phases = (Phase("D", d_steps), Phase("G", 1, batch="labels"))
 
     def check_model(self, model: AdversarialModel, objective_name: str, model_name: str, fitting: list[str]) -> None:
         super().check_model(model, objective_name, model_name, fitting)
@@ -145,7 +146,7 @@ class AdversarialObjective(Objective):
 
     def generator_step(self, model: AdversarialModel, batch: Batch) -> StepOutput:
         y = self._labels(model, batch)
-        z = model.noise(batch.x.shape[0], device=batch.x.device)
+        z = model.noise(batch.size, device=batch.device)
         logits_fake, class_fake = model.discriminate(self.packed(model.generate(z, y)), y)
         loss = self.generator_loss(logits_fake).mean()
         logs = self._output_logs(logits_fake, "fake")
