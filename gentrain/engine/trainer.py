@@ -250,6 +250,7 @@ class Trainer:
             "ema": None if self.ema is None else self.ema.state_dict(),
             "pending": list(self.pending),
             "log_interval": self.acc.state_dict(),
+            "log_keys": self.log_keys,
             "callbacks": {cb.name: state for cb in self.hooks if (state := cb.state_dict()) is not None},
             "choices": self.choices,
             "config": self.config,
@@ -293,6 +294,7 @@ class Trainer:
         self.train_time_s = float(ckpt.get("train_time_s", 0.0))
         self.pending = list(ckpt.get("pending", []))
         self.acc.load_state_dict(ckpt.get("log_interval"))
+        self.log_keys = {k: list(v) for k, v in (ckpt.get("log_keys") or {}).items()}
         states = ckpt.get("callbacks")
         if states is None:  # a checkpoint of gentrain before callbacks kept their own state
             states = {"schedule": ckpt.get("schedulers"), "log": {"final": ckpt.get("final", {})},
@@ -358,8 +360,10 @@ class Trainer:
                     for hook in self.hooks:
                         hook.before_step(self.view)
                     self._log_next = (self.step + 1) % ls.every == 0 or self.step + 1 == s.max_steps
-                    if whole and self.whole is None and self.step > start_step:  # the session's first step ran eager
-                        whole = self._start_whole()
+                    # from the run's second step: the first runs eager (lazy initialisations; the phases' log keys are seen);
+                    # a resumed session captures at once where its checkpoint has the log keys
+                    if whole and self.whole is None and self.step >= 1 and self.log_keys.keys() >= set(self.reads):
+                        whole = self._start_whole(checked=self.step > start_step)
                     self.captured = self.whole is not None
                     if self.whole is not None:
                         self.whole.run()
@@ -415,16 +419,29 @@ class Trainer:
                 for p in params:
                     p.requires_grad_(name == phase)
 
-    def _start_whole(self) -> bool:
-        """Capture the step from now on (``trainer.compile=step``), or say in one line why this run stays eager."""
-        reason = unsupported(self) or _unused(self)
+    def _start_whole(self, checked: bool) -> bool:
+        """Capture the step from now on (``trainer.compile=step``), or say in one line why this run stays eager.
+
+        ``checked``: an eager step of this session left its gradients, which show a parameter its phase does not use
+        (a resumed session has none: the region's first trace refuses such a parameter, see :meth:`WholeStep.run`)."""
+        reason = unsupported(self) or (_unused(self) if checked else "")
         if reason:
             self._say(f"trainer.compile=step: {reason}; this run's steps run eager")
             return False
-        self.whole = WholeStep(self)
+        self.whole = WholeStep(self, on_failure=self._whole_failed)
         RUN_LOG.info("trainer.compile=step: from step %d each step runs as one %s", self.step + 1,
                      "CUDA graph" if self.device.type == "cuda" else f"torch.compile(fullgraph=True) region ({self.settings.compile_backend})")
         return True
+
+    def _whole_failed(self, reason: str) -> None:
+        """The region could not be built (its first trace failed, before it ran): this step and the rest run eager."""
+        self._say(f"trainer.compile=step: {reason}; this run's steps run eager")
+        self.whole = None
+        self.captured = False
+        for phase in self.objective.phases:
+            self._set_trainable(phase.name)
+            for _ in range(phase.repeats):
+                self._update(phase.name)
 
     def _update(self, phase: str) -> None:
         """One optimisation of ``phase``: batch, loss, backward, gradients averaged over ranks, clip, step, ``after_update``."""

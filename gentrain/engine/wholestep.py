@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +79,9 @@ def unsupported(trainer: Trainer) -> str:
 class WholeStep:
     """The captured step of a :class:`~gentrain.engine.trainer.Trainer`; built after the session's first (eager) step."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, on_failure: Callable[[str], None] | None = None) -> None:
         self.t = trainer
+        self.on_failure = on_failure
         self.device = trainer.device
         self.cuda = self.device.type == "cuda"
         stream = trainer.stream
@@ -121,6 +123,7 @@ class WholeStep:
         self.arange = torch.arange(trainer.batches_per_step * batch, device=self.device).view(trainer.batches_per_step, batch)
         self.parts: list[Callable[[], None]] = [part for hook in trainer.hooks if (part := hook.step_part()) is not None]
         self.graph: Any = None
+        self.calls = 0
         self.replays = 0
         self.warm = 0
         if self.cuda:
@@ -129,7 +132,10 @@ class WholeStep:
         else:
             settings = trainer.settings
             mode = None if settings.compile_mode in ("default", "reduce-overhead") else settings.compile_mode
-            self.fn = torch.compile(self.body, fullgraph=True, dynamic=False, backend=settings.compile_backend, mode=mode)
+            # a code object of its own: Dynamo caches compiled code per code object, and a process that trains several runs
+            # (a sweep, the tests) would otherwise pile every run's entries onto one and hit its recompile limit
+            body = types.FunctionType(WholeStep.body.__code__.replace(co_name=f"whole_step_{id(self):x}"), WholeStep.body.__globals__)
+            self.fn = torch.compile(types.MethodType(body, self), fullgraph=True, dynamic=False, backend=settings.compile_backend, mode=mode)
 
     # ---- the region --------------------------------------------------------------------------
     def body(self) -> None:
@@ -170,12 +176,23 @@ class WholeStep:
     # ---- the loop's side ---------------------------------------------------------------------
     def run(self) -> None:
         """One training step through the region: host bookkeeping, then the graph's replay or the compiled call."""
+        first = not self.cuda and self.calls == 0
+        saved = self.stream.state_dict() if first else None
         self.stream.reserve(self.t.batches_per_step)
         if self.cuda:
             self._run_cuda()
         else:
-            with torch._dynamo.config.patch(trace_autograd_ops=True), torch._inductor.config.patch(fallback_random=True):
-                self.fn()
+            try:
+                with torch._dynamo.config.patch(trace_autograd_ops=True), torch._inductor.config.patch(fallback_random=True):
+                    self.fn()
+            except Exception as e:  # the first call traces before it runs anything: nothing has changed but the host's counts
+                if not first or self.on_failure is None:
+                    raise
+                self.stream.load_state_dict(saved)
+                self.close()
+                self.on_failure(_first_line(e))
+                return
+        self.calls += 1
         self.stream.settle()
         self.t.acc.count(self.counts)
 
@@ -221,6 +238,11 @@ class WholeStep:
                     if "step" in state and isinstance(state["step"], Tensor):
                         state["step"] = state["step"].to("cpu", torch.float32)
         self.t.acc.unbind()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def _fused_ok(opt: torch.optim.Optimizer) -> bool:

@@ -155,9 +155,14 @@ def test_discriminator_steps_per_generator_step(train_run):
     assert (d_steps, g_steps) == ({12}, {4})
 
 
-@pytest.mark.parametrize("compiled", [[], ["trainer.compile=true", "trainer.compile_backend=aot_eager"]], ids=["eager", "compiled"])
+@pytest.mark.parametrize(
+    "compiled",
+    [[], ["trainer.compile=true", "trainer.compile_backend=aot_eager"], ["trainer.compile=step", "trainer.compile_backend=aot_eager", "trainer.ema_decay=0.9"]],
+    ids=["eager", "compiled", "whole-step"],
+)
 def test_no_host_sync_per_step(monkeypatch, tmp_path, compiled):
-    """gentrain's own code reads tensors on the host (item/tolist/float/bool) per log interval, never per step."""
+    """gentrain's own code reads tensors on the host (item/tolist/float/bool) per log interval, never per step (the
+    whole-step region itself cannot: a host read inside it is a graph break, which fullgraph refuses)."""
     import sys
 
     counts = {"n": 0}
