@@ -85,8 +85,11 @@ class EMA:
             self._count = torch.tensor(float(self.updates), device=next(iter(self.module.parameters())).device)
         averaged, sources, copied = self._pairs()
         if self.warmup:
-            decay = torch.clamp((1.0 + self._count) / (10.0 + self._count), max=self.decay)
-            torch._foreach_lerp_(averaged, sources, 1.0 - decay)
+            # a + w (b - a): _foreach_lerp_ has no overload for a device weight (a 0-d tensor would be read on the host)
+            weight = 1.0 - torch.clamp((1.0 + self._count) / (10.0 + self._count), max=self.decay)
+            steps = torch._foreach_sub(sources, averaged)
+            torch._foreach_mul_(steps, weight)
+            torch._foreach_add_(averaged, steps)
         else:
             torch._foreach_lerp_(averaged, sources, 1.0 - self.decay)
         for b_avg, b in copied:

@@ -97,6 +97,7 @@ def test_whole_step_resumes_exactly_and_keeps_eager_batch_order(tmp_path):
     assert (full["stream"]["pos"], full["stream"]["epoch"]) == (eager["stream"]["pos"], eager["stream"]["epoch"]) == (512, 3)
     assert torch.equal(full["stream"]["perm"], eager["stream"]["perm"].cpu())
     assert_close_states(full["model"], eager["model"], 1e-4, 1e-5)
+    assert_close_states(full["ema"]["weights"], eager["ema"]["weights"], 1e-4, 1e-5)  # the in-graph average and its warm-up
     full_lines = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
     eager_lines = [json.loads(line) for line in (eager_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in full_lines] == [2, 4, 6]
