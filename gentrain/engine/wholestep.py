@@ -57,6 +57,8 @@ def unsupported(trainer: Trainer) -> str:
     objective = trainer.objective
     if objective.whole_step_unsupported:
         return f"{type(objective).__name__}: {objective.whole_step_unsupported}"
+    if trainer.device.type != "cuda" and not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        return f"torch {torch.__version__} cannot trace torch.autograd.grad into a compiled graph (torch 2.14 can); on CUDA the step is a CUDA graph and needs no tracing"
     if trainer.world.active:
         return "under torchrun the gradients are averaged over ranks between backward and step"
     if trainer.precision == "fp16":
