@@ -324,14 +324,16 @@ def stage_smoke(args: argparse.Namespace, root: Path) -> Results:
     notes = {k: available([*common, *v]) for k, v in COMPILE_SETTINGS.items()}
 
     def render(records: list[dict[str, Any]]) -> list[str]:
-        out = ["| precision | compile | status | steps/s | finite losses | graph breaks | CUDA-graph counters | syncs in timed steps (per step) | top sync sites |",
-               "| --- | --- | --- | ---: | --- | ---: | --- | ---: | --- |"]
+        out = ["| precision | compile | status | steps/s | finite losses | compiled graphs | graph breaks | CUDA-graph counters | syncs in timed steps (per step) "
+               "| top sync sites | run wall (s) |",
+               "| --- | --- | --- | ---: | --- | ---: | ---: | --- | ---: | --- | ---: |"]
         order = {(p, c): i for i, (p, c) in enumerate((p, c) for c in COMPILE_SETTINGS for p in args.precisions)}
         for r in sorted(records, key=lambda r: order.get((r["precision"], r["compile"]), 99)):
             cg = ", ".join(f"{k}={v}" for k, v in (r.get("cudagraph_counters") or {}).items()) or "-"
             syncs = "-" if r.get("sync_warnings") is None else f"{r['sync_warnings']} ({fmt(r.get('sync_per_step'), 2)})"
             out.append(f"| {r['precision']} | {r['compile']} | {r['status']} | {fmt(r.get('steps_per_s'))} | {fmt(r.get('finite'))} | "
-                       f"{fmt(r.get('graph_breaks'))} | {cg} | {syncs} | {'; '.join(r.get('sync_sites') or []) or '-'} |")
+                       f"{fmt(r.get('unique_graphs'))} | {fmt(r.get('graph_breaks'))} | {cg} | {syncs} | {'; '.join(r.get('sync_sites') or []) or '-'} | "
+                       f"{fmt(r.get('run_wall_s'))} |")
         out += ["", "compile settings: " + "; ".join(f"`{k}` = `{' '.join(v)}`" for k, v in COMPILE_SETTINGS.items())]
         return out
 
