@@ -179,6 +179,9 @@ def _write_idx(path: Path, array: Tensor) -> None:
 
 def data_source(tmp: Path, seed: int) -> tuple[list[str], str]:
     """Dataset overrides and a sentence on the data: Fashion-MNIST when installed, else random uint8 images in its format."""
+    carried = os.environ.get("GENTRAIN_FASHION_DIR")  # the GPU campaign's carried subset (benchmarks/gpu_prepare.sh)
+    if carried and Path(carried, "train-images-idx3-ubyte.gz").is_file():
+        return ["dataset=fashion_mnist", f"dataset.system_dir={carried}"], f"Fashion-MNIST from {carried} ($GENTRAIN_FASHION_DIR: the campaign's subset)"
     if (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or (FASHION_DIR / "train-images-idx3-ubyte").is_file():
         return ["dataset=fashion_mnist"], f"Fashion-MNIST from {FASHION_DIR} (the train split: 55,000 images, 5,000 held out as val)"
     raw = tmp / "FashionMNIST" / "raw"
@@ -511,7 +514,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gentrain_throughput_"))
     data_overrides, data_text = data_source(tmp / "data", args.seed)
 
-    common = [*data_overrides, f"device={device.type}", f"seed={args.seed}", f"trainer.batch_size={args.batch_size}", "eval.metrics=[]"]
+    # no curves.png at the end of a run: outside the timed span, and matplotlib may be missing (the GPU machine has none)
+    common = [*data_overrides, f"device={device.type}", f"seed={args.seed}", f"trainer.batch_size={args.batch_size}", "eval.metrics=[]", "logger.curves=false"]
     if args.log_every:
         common.append(f"logger.every={args.log_every}")
     base = ["model=dcgan", *common]
