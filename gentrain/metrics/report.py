@@ -97,7 +97,7 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"| resumed with | {', '.join(run['resumed_with_changes'])} |")
     dev = report["device"]
     lines.append(f"| device | {dev['type']} ({dev['name']}), precision {dev['precision']}{_determinism(dev)} |")
-    lines += ["", "## Final training metrics", "", f"Means over the last logging interval (up to {report['logger_every']} steps).", ""]
+    lines += ["", "## Final training metrics", "", f"Means over the last logging interval (up to {report['logger_every']} steps); the gradient norms are those of its last step.", ""]
     lines += ["| metric | value |", "| --- | --- |"]
     for k, v in report["final"].items():
         lines.append(f"| `{k}` | {format_value(v)} |")
