@@ -80,9 +80,9 @@ class EMA:
 
     def update_in_step(self) -> None:
         """The update as device work only, for a captured step (``trainer.compile=step``): ``d_t`` comes from a device
-        copy of the update count, which the region advances; :meth:`counted` keeps the host's count beside it."""
-        if self._count is None:
-            self._count = torch.tensor(float(self.updates), device=next(iter(self.module.parameters())).device)
+        copy of the update count (made by :meth:`start_in_step`, before the region is traced), which the region advances;
+        :meth:`counted` keeps the host's count beside it."""
+        assert self._count is not None, "start_in_step() first"
         averaged, sources, copied = self._pairs()
         if self.warmup:
             # a + w (b - a): _foreach_lerp_ has no overload for a device weight (a 0-d tensor would be read on the host)
@@ -95,6 +95,11 @@ class EMA:
         for b_avg, b in copied:
             b_avg.copy_(b)
         self._count.add_(1.0)
+
+    def start_in_step(self) -> None:
+        """The device copy of the update count, from the host's (a resumed run's included)."""
+        assert self.module is not None
+        self._count = torch.tensor(float(self.updates), device=next(iter(self.module.parameters())).device)
 
     def counted(self) -> None:
         """The host's count of an update a captured step made."""

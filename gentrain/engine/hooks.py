@@ -273,7 +273,10 @@ class EMAHook(Hook):
         self.ema = ema
 
     def step_part(self) -> Callable[[], None] | None:
-        return self.ema.update_in_step if self.ema.module is not None else None  # the copy is taken eagerly, at the first update
+        if self.ema.module is None:  # the copy is taken eagerly, at the first update
+            return None
+        self.ema.start_in_step()  # its device counter exists before the region is traced (no retrace when it appears)
+        return self.ema.update_in_step
 
     def after_step(self, view: LoopView, last: bool) -> None:
         self.ema.counted() if view.captured else self.ema.update()

@@ -108,7 +108,11 @@ def test_whole_step_resumes_exactly_and_keeps_eager_batch_order(tmp_path):
 
 def test_inductor_whole_step_matches_eager(tmp_path):
     """The backend users get: generated code, noise drawn from torch's generator as eager draws it."""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
     whole_dir, whole = run(tmp_path, "whole", whole_overrides(4, backend="inductor"))
+    assert counters["stats"]["unique_graphs"] - before == 1  # traced once: nothing the region reads changes between steps
     eager_dir, eager = run(tmp_path, "eager", [o for o in whole_overrides(4) if not o.startswith("trainer.compile")])
     assert captured(whole_dir)
     assert_close_states(load_checkpoint(whole_dir / "checkpoints" / "last.pt")["model"], load_checkpoint(eager_dir / "checkpoints" / "last.pt")["model"], 1e-4, 1e-5)

@@ -82,6 +82,7 @@ def test_the_in_step_average_is_the_eager_average(warmup):
     eager, inside = EMA(model, 0.9, warmup), EMA(copy.deepcopy(model), 0.9, warmup)
     inside._source = eager._source  # one live network, two averages
     eager.update(), inside.update()  # the first update takes the copy (eagerly, in both modes)
+    inside.start_in_step()
     for _ in range(6):
         with torch.no_grad():
             for p in model.parameters():
