@@ -445,7 +445,7 @@ class Trainer:
 
     def _update(self, phase: str) -> None:
         """One optimisation of ``phase``: batch, loss, backward, gradients averaged over ranks, clip, step, ``after_update``."""
-        batch = self.stream.next(labels_only=self.reads[phase] == "labels")
+        batch = self.stream.next(labels_only=True) if self.reads[phase] == "labels" else self.stream.next()
         with autocast(self.device, self.precision):
             out: StepOutput = self.losses.get(phase, self.objective.step)(phase, self.model, batch)
         if phase not in self.log_keys:
