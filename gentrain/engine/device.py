@@ -97,7 +97,7 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         return
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     # cache_enabled=False: a CUDA graph capture must not keep autocast's weight casts across steps
-    with torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=not torch.cuda.is_current_stream_capturing() if device.type == "cuda" else True):
+    with torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
         yield
 
 

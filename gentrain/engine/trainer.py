@@ -42,8 +42,9 @@ from gentrain.engine.loggers import JsonlWriter, Loggers, flatten, open_loggers
 from gentrain.engine.rundir import RUN_LOG
 from gentrain.engine.signals import HookAborted, StopRequest
 from gentrain.errors import GentrainError
-from gentrain.models.base import GenerativeModel
+from gentrain.engine.gradients import norm_and_clip
 from gentrain.engine.wholestep import WholeStep, unsupported
+from gentrain.models.base import GenerativeModel
 from gentrain.objectives.base import Objective, StepOutput
 from gentrain.shared import atomic_save
 
@@ -365,13 +366,7 @@ class Trainer:
                     if whole and self.whole is None and self.step >= 1 and self.log_keys.keys() >= set(self.reads):
                         whole = self._start_whole(checked=self.step > start_step)
                     self.captured = self.whole is not None
-                    if self.whole is not None:
-                        self.whole.run()
-                    else:
-                        for phase in self.objective.phases:
-                            self._set_trainable(phase.name)
-                            for _ in range(phase.repeats):
-                                self._update(phase.name)
+                    self.whole.run() if self.whole is not None else self._eager_step()
                     self.step += 1
                     self.progress.advance(self.step)
                     self._after_step(self.step == s.max_steps)
@@ -438,6 +433,10 @@ class Trainer:
         self._say(f"trainer.compile=step: {reason}; this run's steps run eager")
         self.whole = None
         self.captured = False
+        self._eager_step()
+
+    def _eager_step(self) -> None:
+        """Every phase and repeat of one step, eagerly (the reference)."""
         for phase in self.objective.phases:
             self._set_trainable(phase.name)
             for _ in range(phase.repeats):
@@ -456,12 +455,8 @@ class Trainer:
         params = self.group_params[phase]
         distributed.average_gradients(params, self.world)
         scaler.unscale_(opt)
-        grad_norm = None
-        if not math.isinf(self.clip[phase]):
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=self.clip[phase])
-        elif self._log_next:  # measured only where it is logged: the interval's last step
-            grads = [p.grad for p in params if p.grad is not None]
-            grad_norm = total_norm(grads) if grads else torch.zeros((), device=self.device)
+        # without clipping the norm is measured only where it is logged: the interval's last step
+        grad_norm = norm_and_clip(params, self.clip[phase], self.device) if self._log_next or not math.isinf(self.clip[phase]) else None
         scaler.step(opt)
         scaler.update()
         self.objective.after_update(phase, self.model)
@@ -563,13 +558,6 @@ def _unused(trainer: Trainer) -> str:
         if phase in trainer.optimizers and any(p.grad is None for p in params):
             return f"a trainable parameter of phase {phase} gets no gradient from its loss"
     return ""
-
-
-def total_norm(grads: list[Tensor]) -> Tensor:
-    """The L2 norm of all ``grads`` together (torch's ``get_total_norm`` where it exists: torch >= 2.6)."""
-    if hasattr(torch.nn.utils, "get_total_norm"):
-        return torch.nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def clip_norms(setting: Any, phases: list[str]) -> dict[str, float]:

@@ -26,8 +26,6 @@ and position), so a run may stop in one mode and resume in the other; the same m
 from __future__ import annotations
 
 import inspect
-import logging
-import math
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -36,6 +34,7 @@ import torch
 from torch import Tensor
 
 from gentrain.engine.device import autocast
+from gentrain.engine.gradients import norm_and_clip
 from gentrain.engine.loader import BatchStream
 from gentrain.objectives.base import Batch
 from gentrain.shared import to_model_space
@@ -43,7 +42,6 @@ from gentrain.shared import to_model_space
 if TYPE_CHECKING:
     from gentrain.engine.trainer import Trainer
 
-log = logging.getLogger(__name__)
 
 #: Steps run eagerly on a side stream before a CUDA graph is captured (cuDNN and cuBLAS pick their kernels, the caching
 #: allocator settles); they are real training steps.
@@ -64,7 +62,7 @@ def unsupported(trainer: Trainer) -> str:
     if trainer.precision == "fp16":
         return "fp16 loss scaling decides on the host whether to skip a step; use device.precision=bf16 or fp32"
     stream = trainer.stream
-    if not isinstance(stream, BatchStream) or stream.world_size != 1:
+    if not isinstance(stream, BatchStream):
         return "the data streams through a DataLoader; the captured step gathers its batches from data held on the device"
     if stream.x.device != trainer.device:
         return "the data is in host memory (device.data_on_device=false or too large); the captured step gathers its batches on the device"
@@ -92,7 +90,7 @@ class WholeStep:
         self.phases = [(p.name, p.repeats, p.batch) for p in trainer.objective.phases]
         self.params = {name: list(params) for name, params in trainer.switchable.items() if name in trainer.optimizers}
         # the optimizers as the mode runs them: capturable, the rate a device tensor; what the config had is kept
-        self.saved = {name: [({k: g[k] for k in _FLAGS if k in g}, g["lr"]) for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
+        self.saved = {name: [{k: g[k] for k in _FLAGS if k in g} for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
         for opt in trainer.optimizers.values():
             fused = self.cuda and "fused" in opt.defaults and _fused_ok(opt)
             for g in opt.param_groups:
@@ -126,11 +124,9 @@ class WholeStep:
         self.parts: list[Callable[[], None]] = [part for hook in trainer.hooks if (part := hook.step_part()) is not None]
         self.graph: Any = None
         self.calls = 0
-        self.replays = 0
         self.warm = 0
         if self.cuda:
             self.side = torch.cuda.Stream(self.device)
-            self.fn: Callable[[], None] = self.body
         else:
             settings = trainer.settings
             mode = None if settings.compile_mode in ("default", "reduce-overhead") else settings.compile_mode
@@ -155,11 +151,8 @@ class WholeStep:
                 batch = Batch(None, labels, n=self.stream.batch_size, on=self.device) if reads == "labels" else Batch(to_model_space(x.index_select(0, idx)), labels)
                 with autocast(self.device, t.precision):
                     out = t.objective.step(phase, t.model, batch)
-                grads = list(torch.autograd.grad(out.loss, params))
-                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-                if not math.isinf(t.clip[phase]):  # torch's clip_grad_norm_: scale by min(1, max / (norm + 1e-6))
-                    torch._foreach_mul_(grads, (t.clip[phase] / (norm + 1e-6)).clamp(max=1.0))
-                torch._foreach_copy_([p.grad for p in params], grads)
+                torch._foreach_copy_([p.grad for p in params], torch.autograd.grad(out.loss, params))
+                norm = norm_and_clip(params, t.clip[phase], self.device)  # eager's rule
                 with torch.no_grad():
                     self.raw_step[phase](opt)
                 t.objective.after_update(phase, t.model)
@@ -201,7 +194,6 @@ class WholeStep:
     def _run_cuda(self) -> None:
         if self.graph is not None:
             self.graph.replay()
-            self.replays += 1
             return
         if self.warm < CUDA_WARMUP:  # real steps, on a side stream as torch.cuda.graph's documentation asks
             self.side.wait_stream(torch.cuda.current_stream(self.device))
@@ -215,12 +207,11 @@ class WholeStep:
             self.body()  # recorded, not run
         self.graph = graph
         graph.replay()
-        self.replays += 1
 
     def portable(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         """The optimizer state as eager keeps it: the rates as numbers, the configured flags (for a checkpoint)."""
         groups = []
-        for group, (flags, _) in zip(state["param_groups"], self.saved[name]):
+        for group, flags in zip(state["param_groups"], self.saved[name]):
             group = dict(group)
             group.update(flags)
             if isinstance(group["lr"], Tensor):
@@ -231,7 +222,7 @@ class WholeStep:
     def close(self) -> None:
         """Back to eager: the optimizers' configured flags and numeric rates, the accumulator's own tensors."""
         for name, opt in self.t.optimizers.items():
-            for group, (flags, _) in zip(opt.param_groups, self.saved[name]):
+            for group, flags in zip(opt.param_groups, self.saved[name]):
                 group.update(flags)
                 if isinstance(group["lr"], Tensor):
                     group["lr"] = float(group["lr"])
