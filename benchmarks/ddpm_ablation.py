@@ -65,6 +65,22 @@ def network(variant: str, seed: int) -> tuple[Any, torch.nn.Module]:
     return (lambda x, t: net(x, t)), net
 
 
+def plain_update(fn: Any, net: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, proc: Any, xb: torch.Tensor,
+                 t: torch.Tensor, noise: torch.Tensor, lr: float, step: int) -> None:
+    """One step of the plain DDPM loop both ablations use: L_simple, the rate ``lr``, clipping at 1, the warm-up EMA at 0.9999."""
+    loss = F.mse_loss(fn(proc.q_sample(xb, t, noise).float(), t), noise)
+    for pg in opt.param_groups:
+        pg["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    d = min(0.9999, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(p, 1 - d)
+
+
 def run(variant: str, seed: int, steps: int = 1500, batch: int = 64) -> dict[str, Any]:
     torch.set_num_threads(1)
     ds = Digits(val_fraction=0.1)
@@ -83,17 +99,7 @@ def run(variant: str, seed: int, steps: int = 1500, batch: int = 64) -> dict[str
         pos += batch
         t = torch.randint(0, 1000, (batch,), generator=g)
         noise = torch.randn(xb.shape, generator=g)
-        loss = F.mse_loss(fn(proc.q_sample(xb, t, noise).float(), t), noise)
-        for pg in opt.param_groups:
-            pg["lr"] = 2e-4 * min(1.0, (step + 1) / 150)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        d = min(0.9999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - d)
+        plain_update(fn, net, ema, opt, proc, xb, t, noise, 2e-4 * min(1.0, (step + 1) / 150), step)
     train_s = time.time() - t0
     efn = (lambda a, t: ema(a, t).sample) if variant == "diffusers" else (lambda a, t: ema(a, t))
     gs = torch.Generator().manual_seed(1000 + seed)

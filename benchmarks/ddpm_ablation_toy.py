@@ -28,6 +28,9 @@ import gentrain.families.diffusion.model as M
 from gentrain.build import build
 from gentrain.metrics.modes import MIN_FRACTION, N_SIGMA, dataset_modes, mode_stats
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from ddpm_ablation import plain_update  # noqa: E402
+
 
 def denoiser(variant: str) -> nn.Module:
     base = variant.replace("_nodrop", "")
@@ -62,17 +65,7 @@ def run(dataset: str, seed: int, variant: str, steps: int = 5000, batch: int = 2
         xb = x[torch.randint(0, len(x), (batch,), generator=g)]
         t = torch.randint(0, 1000, (batch,), generator=g)
         noise = torch.randn(xb.shape, generator=g)
-        loss = F.mse_loss(net(proc.q_sample(xb, t, noise).float(), t), noise)
-        for pg in opt.param_groups:
-            pg["lr"] = lr * min(1.0, (step + 1) / warm)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        d = min(0.9999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - d)
+        plain_update(net, net, ema, opt, proc, xb, t, noise, lr * min(1.0, (step + 1) / warm), step)
     gs = torch.Generator().manual_seed(0)
     with torch.no_grad():
         xs = torch.randn(2500, 2, generator=gs)
