@@ -112,12 +112,10 @@ class WholeStep:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
         # the log sums: one device buffer whose slots are the accumulator's sums; the gradient norms: the last step's
-        keys = trainer.log_keys
-        sum_keys = [f"train/{phase}/{k}" for phase, _, _ in self.phases for k in keys[phase]]
+        self.counts = {f"train/{phase}/{k}": repeats for phase, repeats, _ in self.phases for k in trainer.log_keys[phase]}  # per step
         norm_keys = [f"train/{phase}/grad_norm" for phase, _, _ in self.phases]
-        self.sums, self.norms = trainer.acc.bind(sum_keys, norm_keys, self.device)
-        self.slots = {key: i for i, key in enumerate(sum_keys)}
-        self.counts = {key: repeats for (phase, repeats, _) in self.phases for key in sum_keys if key.startswith(f"train/{phase}/")}
+        self.sums, self.norms = trainer.acc.bind(list(self.counts), norm_keys, self.device)
+        self.slots = {key: i for i, key in enumerate(self.counts)}
         self.window, self.offset = stream.open_window()
         batch = stream.batch_size
         self.arange = torch.arange(trainer.batches_per_step * batch, device=self.device).view(trainer.batches_per_step, batch)
