@@ -201,6 +201,7 @@ def test_incompatible_optimizer_config_is_one_line(train_run):
         ("device.precision=fp8", "device.precision"),
         ("logger.every=-1", "logger.every"),
         ("eval.metrics=[fid10k]", "fid10k needs"),
+        ("trainer.compile=sometimes", "trainer.compile must be false, true"),
     ],
 )
 def test_bad_values_are_refused_before_training(train_run, override, fragment):
