@@ -47,18 +47,41 @@ class AdversarialModel(GenerativeModel, Latent):
         return "generator"
 
     def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor:
-        z = interpolate_latents(self.noise(rows, generator=generator), self.noise(rows, generator=generator), steps, spherical)
+        z = interpolate_latents(self.sampling_noise(rows, generator), self.sampling_noise(rows, generator), steps, spherical)
         return self.generate(z.reshape(rows * steps, -1), self.path_labels(rows, steps, generator))
 
     def noise(self, n: int, device: torch.device | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Latent codes z ~ N(0, I), [n, z_dim]."""
         return torch.randn(n, self.z_dim, device=device or self.device, generator=generator)
 
+    def sampling_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """The latent codes of samples (pictures, evaluation, ``task=sample``), [n, z_dim]: :meth:`noise` by default.
+
+        Training never calls it: the objectives draw ``model.noise(n, device=...)``. A model with a sampling option on
+        its latent (BigGAN's truncation, ``sampler.truncation``) overrides this, not :meth:`noise`.
+        """
+        return self.noise(n, generator=generator)
+
+    def ortho_weights(self) -> list[Tensor]:
+        """The generator's weights that orthogonal regularisation (``objective.ortho_reg``, Brock et al. 2019) acts on.
+
+        Every generator parameter with at least two axes (read as ``[shape[0], -1]``), not an embedding table: BigGAN-PyTorch's
+        ``utils.ortho`` skips 1-D parameters (biases, batch-norm gains) and its blacklist, G's shared class embedding. Under
+        spectral norm these are the original (unnormalised) weights, as in BigGAN-PyTorch, whose SN layers keep the raw weight.
+        """
+        tables = {id(p) for m in self.generator.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+        return [p for p in self.generator.parameters() if p.dim() >= 2 and id(p) not in tables]
+
     def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.generator(z)
 
     def discriminate(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         return self.discriminator(x).flatten(), None
+
+    def reals(self, x: Tensor) -> Tensor:
+        """Real images as the discriminator is to see them now (at the data's shape): ``x`` itself by default. A growing
+        network (Progressive GAN) shows them at its current resolution and fade-in. Every objective's D phase asks."""
+        return x
 
     def critic_weights(self) -> list[Tensor]:
         """The weights of the critic ``f(x)`` whose Lipschitz constant in ``x`` WGAN's clipping bounds.
@@ -78,12 +101,12 @@ class AdversarialModel(GenerativeModel, Latent):
         return self.sample_with_labels(n, generator)[0]
 
     def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
-        z = self.noise(n, generator=generator)
+        z = self.sampling_noise(n, generator)
         y = self.random_labels(n, generator)
         return self.generate(z, y), y
 
     def sample_of_labels(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        z = self.noise(y.shape[0], generator=generator)
+        z = self.sampling_noise(y.shape[0], generator)
         self.random_labels(y.shape[0], generator)  # drawn and dropped: the noise stream of an unlabelled draw
         return self.generate(z, y)
 
@@ -91,7 +114,7 @@ class AdversarialModel(GenerativeModel, Latent):
         if self.num_classes is None:
             return self.sample(n, generator), None
         y, per_class = self.grid_labels(n)
-        return self.generate(self.noise(y.shape[0], generator=generator), y), per_class
+        return self.generate(self.sampling_noise(y.shape[0], generator), y), per_class
 
     def check_data(self, data: DataSplit, dataset: str) -> None:
         check_labels(self.num_classes, data, dataset, "an unconditional model (e.g. model=dcgan)")

@@ -16,8 +16,10 @@ hinge or Wasserstein critic's output is an unbounded score, logged raw as ``crit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -40,6 +42,10 @@ class AdversarialObjective(Objective):
     The batch order is random, so consecutive samples are independent draws. The model's
     discriminator must be built for it (``model.pack``, which the model configs take from
     ``objective.pack``); conditional models judge one labelled sample and refuse ``pack > 1``.
+
+    ``ortho_reg`` (BigGAN, Brock et al. 2019): orthogonal regularisation of the generator, added to the G phase's loss
+    and logged as ``ortho_reg`` when > 0; see :func:`ortho_penalty` (its factor) and
+    :meth:`~gentrain.families.gan.base.AdversarialModel.ortho_weights` (which weights).
     """
 
     #: The phases by class (the critic's repeats come from ``objective.d_steps``, set per instance).
@@ -51,10 +57,13 @@ class AdversarialObjective(Objective):
     #: phase logs ``critic_real`` and ``critic_fake`` = mean raw ``D(.)``, the G phase ``critic_fake``.
     probability_outputs: ClassVar[bool] = False
 
-    def __init__(self, d_steps: int = 1, aux_weight: float = 1.0, pack: int = 1) -> None:
+    def __init__(self, d_steps: int = 1, aux_weight: float = 1.0, pack: int = 1, ortho_reg: float = 0.0) -> None:
         check_int(d_steps, "objective.d_steps")
         if float(aux_weight) < 0:
             raise GentrainError(f"objective.aux_weight must be >= 0, got {aux_weight!r}; e.g. objective.aux_weight=1.0")
+        if isinstance(ortho_reg, bool) or not isinstance(ortho_reg, (int, float)) or not float(ortho_reg) >= 0:
+            raise GentrainError(f"objective.ortho_reg must be a number >= 0, got {ortho_reg!r}; e.g. objective.ortho_reg=1e-4 (BigGAN's beta; 0 disables it)")
+        self.ortho_reg = float(ortho_reg)
         self.d_steps = d_steps
         self.aux_weight = float(aux_weight)
         self.pack = check_int(pack, "objective.pack", 1, example=2)
@@ -128,7 +137,7 @@ class AdversarialObjective(Objective):
         z = model.noise(batch.x.shape[0], device=batch.x.device)
         # detach: the discriminator's phase must not push gradients into the generator
         x_fake = self.packed(model.generate(z, y).detach())
-        x_real = self.packed(batch.x)
+        x_real = self.packed(model.reals(batch.x))
         logits_real, class_real = model.discriminate(x_real, y)
         logits_fake, class_fake = model.discriminate(x_fake, y)
         loss, logs = self.critic_loss(logits_real, logits_fake)
@@ -153,8 +162,35 @@ class AdversarialObjective(Objective):
         aux = self._aux(class_fake, y, logs, "fake")
         if aux is not None:
             loss = loss + self.aux_weight * aux
+        if self.ortho_reg > 0:
+            reg = self.ortho_reg * ortho_penalty(model.ortho_weights())
+            logs["ortho_reg"] = reg.detach()
+            loss = loss + reg
         logs["loss"] = loss.detach()
         return StepOutput(loss, logs)
+
+
+def ortho_penalty(weights: Sequence[Tensor]) -> Tensor:
+    """BigGAN's orthogonal regularisation (Brock et al. 2019, section 3.1), without its strength: ``sum_W 1/2 ||W W^T * (1 - I)||_F^2``.
+
+    Each ``W`` is read as ``[shape[0], -1]``; only the off-diagonal entries of its Gram matrix are penalised, so rows are
+    pushed towards orthogonality but their norms are free. The paper writes ``R = beta ||W W^T * (1 - I)||_F^2``; its code
+    (BigGAN-PyTorch, utils.ortho) adds ``beta * 2 (W W^T * (1 - I)) W`` to each gradient directly, and the gradient of the
+    paper's R is ``beta * 4 (W W^T * (1 - I)) W``: the code's is that of ``beta / 2 ||...||_F^2``. This follows the code
+    (the factor 1/2), so ``objective.ortho_reg=1e-4`` trains as BigGAN-PyTorch's ``--G_ortho 1e-4`` does. Computed in
+    float32 with autocast off: bf16's 8-bit mantissa would round the small off-diagonal products of near-orthogonal rows.
+    """
+    weights = list(weights)
+    if not weights:
+        raise GentrainError("objective.ortho_reg > 0 but the model's generator has no weights of 2 or more axes; set objective.ortho_reg=0")
+    with torch.autocast(device_type=weights[0].device.type, enabled=False):
+        total = weights[0].new_zeros((), dtype=torch.float32)
+        for w in weights:
+            w = w.float().reshape(w.shape[0], -1)
+            gram = w @ w.t()
+            off = gram * (1.0 - torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype))
+            total = total + 0.5 * off.square().sum()
+    return total
 
 
 class GANObjective(AdversarialObjective):
@@ -166,8 +202,8 @@ class GANObjective(AdversarialObjective):
 
     probability_outputs = True
 
-    def __init__(self, d_steps: int = 1, label_smoothing: float = 0.0, aux_weight: float = 1.0, pack: int = 1) -> None:
-        super().__init__(d_steps, aux_weight, pack)
+    def __init__(self, d_steps: int = 1, label_smoothing: float = 0.0, aux_weight: float = 1.0, pack: int = 1, ortho_reg: float = 0.0) -> None:
+        super().__init__(d_steps, aux_weight, pack, ortho_reg)
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise GentrainError(
                 f"objective.label_smoothing must be in [0, 1), got {label_smoothing!r}; e.g. objective.label_smoothing=0.1 (0 disables it)"

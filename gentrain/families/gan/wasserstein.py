@@ -30,8 +30,8 @@ class Wasserstein(AdversarialObjective):
     Logs ``wasserstein``, the estimate ``E f(x) - E f(G(z))``, besides the raw critic outputs.
     """
 
-    def __init__(self, d_steps: int = 5, clip: float = 0.01, aux_weight: float = 1.0, pack: int = 1) -> None:
-        super().__init__(d_steps, aux_weight, pack)
+    def __init__(self, d_steps: int = 5, clip: float = 0.01, aux_weight: float = 1.0, pack: int = 1, ortho_reg: float = 0.0) -> None:
+        super().__init__(d_steps, aux_weight, pack, ortho_reg)
         if not float(clip) > 0:
             raise GentrainError(f"objective.clip must be > 0, got {clip!r}; e.g. objective.clip=0.01 (the WGAN paper's c)")
         self.clip = float(clip)
@@ -86,8 +86,8 @@ class WassersteinGP(Wasserstein):
     eager_phases = frozenset({"D"})
     eager_reason = "the gradient penalty differentiates through the critic twice, which torch.compile's autograd does not support"
 
-    def __init__(self, d_steps: int = 5, gp_weight: float = 10.0, aux_weight: float = 1.0, pack: int = 1) -> None:
-        AdversarialObjective.__init__(self, d_steps, aux_weight, pack)
+    def __init__(self, d_steps: int = 5, gp_weight: float = 10.0, aux_weight: float = 1.0, pack: int = 1, ortho_reg: float = 0.0) -> None:
+        AdversarialObjective.__init__(self, d_steps, aux_weight, pack, ortho_reg)
         if not float(gp_weight) >= 0:
             raise GentrainError(f"objective.gp_weight must be >= 0, got {gp_weight!r}; e.g. objective.gp_weight=10 (the WGAN-GP paper's lambda)")
         self.gp_weight = float(gp_weight)
