@@ -42,7 +42,7 @@ from gentrain.engine.ema import EMA
 from gentrain.engine.console import format_logs
 from gentrain.engine.rundir import RUN_LOG
 from gentrain.errors import GentrainError
-from gentrain.models.base import Latent
+from gentrain.models.base import Latent, Scheduled
 from gentrain.sampling import sampling_state
 from gentrain.shared import atomic_save
 from gentrain.visual import image_grid, sample_picture, save_png
@@ -230,7 +230,8 @@ def user_callbacks(spec: dict[str, Any]) -> list[Hook]:
 
 
 class ScheduleHook(Hook):
-    """Learning rates per step: ``model.scheduler.<phase>`` (torch schedulers) after an optional linear warm-up.
+    """Learning rates per step: ``model.scheduler.<phase>`` (torch schedulers) after an optional linear warm-up; and a
+    :class:`~gentrain.models.base.Scheduled` model's form (``set_step``: a growing network's resolution).
 
     Before step ``t`` every scheduler has been stepped ``t`` times, so the rate a step runs with
     is a function of the step, and a resume continues it exactly (a checkpoint without scheduler
@@ -243,6 +244,8 @@ class ScheduleHook(Hook):
         self.schedulers = schedulers
 
     def before_step(self, view: LoopView) -> None:
+        if isinstance(view.model, Scheduled):  # a growing network takes this step's form
+            view.model.set_step(view.step)
         for scheduler in self.schedulers.values():
             if scheduler.last_epoch < view.step:
                 with warnings.catch_warnings():  # on resume torch would warn that no optimizer step came first

@@ -36,6 +36,7 @@ from torch import Tensor
 from gentrain.engine.device import autocast
 from gentrain.engine.gradients import norm_and_clip
 from gentrain.engine.loader import BatchStream
+from gentrain.models.base import Scheduled
 from gentrain.objectives.base import Batch
 from gentrain.shared import to_model_space
 
@@ -55,6 +56,8 @@ def unsupported(trainer: Trainer) -> str:
     objective = trainer.objective
     if objective.whole_step_unsupported:
         return f"{type(objective).__name__}: {objective.whole_step_unsupported}"
+    if isinstance(trainer.model, Scheduled):
+        return f"{type(trainer.model).__name__} changes its networks as training goes (set_step), which a captured step would freeze"
     if trainer.device.type != "cuda" and not hasattr(torch._dynamo.config, "trace_autograd_ops"):
         return f"torch {torch.__version__} cannot trace torch.autograd.grad into a compiled graph (torch 2.14 can); on CUDA the step is a CUDA graph and needs no tracing"
     if trainer.world.active:

@@ -412,6 +412,9 @@ class Evaluator:
         self.check_source(model)
         source: SampleSource = model if _is_source(model) else ModelSamples(model, self.seed)  # type: ignore[assignment,arg-type]
         protocols = self.protocols_on(list(dict.fromkeys(splits or [self.split])))
+        unfinished = None if _is_source(model) else model.unfinished()  # type: ignore[union-attr]
+        if unfinished:  # a growing network is evaluated at its final form only: no numbers, the reason in their place
+            return [MetricResult(p.name, n_generated=None, available=False, notes=[f"not evaluated: {unfinished}"]) for p in protocols]
         sampled = [p for p in protocols if p.family.space != "likelihood"]
         gen = None
         if sampled:

@@ -119,6 +119,11 @@ class GenerativeModel(nn.Module):
     def check_data(self, data: DataSplit, dataset: str) -> None:
         """Refuse training data the model cannot use (e.g. a conditional model on unlabelled data); nothing by default."""
 
+    def unfinished(self) -> str | None:
+        """Why this model is not yet the model it trains towards (a growing network below its final resolution), in words;
+        evaluation reports no numbers while it says so, only this reason. None (the default): it is."""
+        return None
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -163,6 +168,17 @@ class Latent(ABC):
     def interpolate(self, rows: int, steps: int, spherical: bool, generator: torch.Generator | None = None) -> Tensor | None:
         """Samples along ``rows`` latent paths of ``steps`` points, [rows * steps, ...] row by row; None where this instance
         has no such picture (e.g. a diffusion model on vectors)."""
+
+
+class Scheduled(ABC):
+    """A model whose networks change with the training step (a growing network): the engine calls ``set_step(step)``
+    before every step (a resumed session too), so its form is a function of the step and a resume continues it exactly.
+    Its state dict must hold what sampling from a checkpoint needs (``get_extra_state``). A captured step
+    (``trainer.compile=step``) would freeze its form, so such a run trains eager."""
+
+    @abstractmethod
+    def set_step(self, step: int) -> None:
+        """Take the form of training step ``step`` (0-based: before its update)."""
 
 
 class SamplerOptions(ABC):
