@@ -94,8 +94,8 @@ def _d_layout(side: int, channels: int, width: int) -> tuple[list[int], list[int
     return [channels] + [4 * width] * 3, [4 * width] * 4, down
 
 
-def _conv(c_in: int, c_out: int, kernel: int = 3) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
+def _conv(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=bias)
 
 
 class SelfAttention(nn.Module):
@@ -149,14 +149,20 @@ class _PlainBatchNorm(nn.BatchNorm2d):
 
 
 class GBlock(nn.Module):
-    """``layers.GBlock``: BN(x, c), ReLU, 2x up, conv3, BN(., c), ReLU, conv3; plus up(x) through a 1x1 conv."""
+    """``layers.GBlock``: BN(x, c), ReLU, 2x up, conv3, BN(., c), ReLU, conv3; plus up(x) through a 1x1 conv.
+
+    Unlike BigGAN-PyTorch, G's convolutions and linear layer have no bias, except the output conv: each of the others feeds
+    a batch norm (conv1 this block's bn2; conv2 and the shortcut the next block's bn1 or the output BN; the linear the first
+    bn1), which subtracts it. The function G computes is the same; the biases' gradient is zero up to round-off, which
+    Adam's normalisation turns into learning-rate-sized random steps (and which made captured and eager steps differ).
+    """
 
     def __init__(self, c_in: int, c_out: int, cond_dim: int | None) -> None:
         super().__init__()
         norm = (lambda c: ConditionalBatchNorm(c, cond_dim)) if cond_dim is not None else _PlainBatchNorm
         self.bn1, self.bn2 = norm(c_in), norm(c_out)
-        self.conv1, self.conv2 = _conv(c_in, c_out), _conv(c_out, c_out)
-        self.conv_sc = _conv(c_in, c_out, 1)  # always learnable: every block up-samples
+        self.conv1, self.conv2 = _conv(c_in, c_out, bias=False), _conv(c_out, c_out, bias=False)
+        self.conv_sc = _conv(c_in, c_out, 1, bias=False)  # always learnable: every block up-samples
 
     def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
         h = F.interpolate(F.relu(self.bn1(x, c)), scale_factor=2)
@@ -209,7 +215,7 @@ class Generator(nn.Module):
             )
         self.shared = nn.Embedding(num_classes, shared_dim) if conditional else None
         cond_dim = (shared_dim + (self.chunks[1] if self.hier else 0)) if conditional else None
-        self.linear = nn.Linear(self.chunks[0], ins[0] * self.base**2)
+        self.linear = nn.Linear(self.chunks[0], ins[0] * self.base**2, bias=False)  # feeds a batch norm: see GBlock
         blocks: list[nn.Module] = []
         self.attention_after: int | None = None
         side_now = self.base
