@@ -247,7 +247,7 @@ def test_help_explains_every_key_of_the_default_config(tmp_path):
     assert expected and all(keys.get(k) for k in expected), [k for k in expected if not keys.get(k)]
     assert keys.get("logger.interp_rows") and keys.get("logger.every")
     lines = result.stdout.splitlines()
-    assert any(re.match(r"^  model:\s+dcgan\s+acgan cgan", line) for line in lines)  # the groups, chosen option first
+    assert any(re.match(r"^  model:\s+dcgan\s+acgan biggan cgan", line) for line in lines)  # the groups, chosen option first
     assert "Usage:" in result.stdout and "Examples:" in result.stdout
     assert "  trainer.max_steps = 2000" in result.stdout
 

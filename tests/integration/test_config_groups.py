@@ -43,7 +43,7 @@ FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 #: Options that cannot run on every machine, with the reason.
 NEEDS = {("device", "cuda"): ("CUDA", torch.cuda.is_available())}
 EXTRA_GROUPS = {"device": ["cpu", "auto", "cuda"], "eval": ["default", "standard"], "logger": ["base", "csv", "mlflow", "tensorboard", "wandb"], "trainer": ["default", "diffusion"],
-    "sampler": ["ddim", "ddpm"],
+    "sampler": ["ddim", "ddpm", "latent"],
 }
 #: Options of the other groups that only diffusion models take: they train with model=ddpm.
 DIFFUSION_OPTIONS = {("sampler", "ddim"), ("sampler", "ddpm"), ("trainer", "diffusion")}
@@ -108,6 +108,8 @@ def combination(group: str, option: str, root: Path) -> list[str]:
     extra = ["eval.metrics=[fid16,kid16,pr16,is16]", "eval.kid_subset_size=8", "eval.batch_size=16"] if (group, option) == ("eval", "standard") else []
     if (group, option) == ("sampler", "ddim"):
         extra = ["sampler.steps=5"]  # at most the tiny T (10)
+    if (group, option) == ("sampler", "latent"):  # a GAN with sampler options, truncated samples in its pictures
+        base, extra = tiny_overrides("biggan", "digits", "hinge", steps=2), ["sampler.truncation=0.5"]
     return [*[o for o in base if not o.startswith("device=")], f"{group}={option}", *extra]
 
 

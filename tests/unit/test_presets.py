@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 ADAM_DCGAN = {"cls": torch.optim.Adam, "lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 1e-5}  # Radford et al. 2016 + its code's L2
 RMSPROP_WGAN = {"cls": torch.optim.RMSprop, "lr": 5e-5}  # Arjovsky et al. 2017
 ADAM_WGAN_GP_CODE = {"cls": torch.optim.Adam, "lr": 1e-4, "betas": (0.5, 0.9), "weight_decay": 0.0}  # gan_mnist.py / gan_cifar.py
+ADAM_PROGAN_CODE = {"cls": torch.optim.Adam, "lr": 1e-3, "betas": (0.0, 0.99), "eps": 1e-8, "weight_decay": 0.0}  # progressive_growing_of_gans config.py
+ADAM_BIGGAN_CODE = {"cls": torch.optim.Adam, "lr": 2e-4, "betas": (0.0, 0.999), "weight_decay": 0.0}  # BigGAN-PyTorch launch_cifar_ema.sh
 ADAM_SNGAN_CODE = {"cls": torch.optim.Adam, "lr": 2e-4, "betas": (0.0, 0.9), "weight_decay": 0.0}  # sngan_projection, chainer-gan-lib
 
 #: preset -> (dataset, model class, objective class, objective settings, optimizer per phase, batch size, critic: batch norm?, spectral norm?, z_dim)
@@ -47,6 +49,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
                             opt={"G": ADAM_WGAN_GP_CODE, "D": ADAM_WGAN_GP_CODE}, batch=64, d_batchnorm=False, sn=False, z_dim=128),
     "cifar10_sngan": dict(dataset="cifar10", model="DCGAN", objective="Hinge", obj={"d_steps": 5},
                           opt={"G": ADAM_SNGAN_CODE, "D": ADAM_SNGAN_CODE}, batch=64, d_batchnorm=False, sn=True, z_dim=128),
+    "fashion_progan": dict(dataset="fashion_mnist", model="ProGAN", objective="ProGANLoss", obj={"d_steps": 1, "gp_weight": 10.0, "drift": 0.001},
+                           opt={"G": ADAM_PROGAN_CODE, "D": ADAM_PROGAN_CODE}, batch=64, d_batchnorm=False, sn=False, z_dim=32),
+    "cifar10_progan": dict(dataset="cifar10", model="ProGAN", objective="ProGANLoss", obj={"d_steps": 1, "gp_weight": 10.0, "drift": 0.001},
+                           opt={"G": ADAM_PROGAN_CODE, "D": ADAM_PROGAN_CODE}, batch=64, d_batchnorm=False, sn=False, z_dim=512),
+    "fashion_biggan": dict(dataset="fashion_mnist", model="ConditionalBigGAN", objective="Hinge", obj={"d_steps": 2, "ortho_reg": 1e-4},
+                           opt={"G": ADAM_BIGGAN_CODE, "D": ADAM_BIGGAN_CODE}, batch=64, d_batchnorm=False, sn=True, z_dim=120),
+    "cifar10_biggan": dict(dataset="cifar10", model="ConditionalBigGAN", objective="Hinge", obj={"d_steps": 4, "ortho_reg": 0.0},
+                           opt={"G": ADAM_BIGGAN_CODE, "D": ADAM_BIGGAN_CODE}, batch=50, d_batchnorm=False, sn=True, z_dim=128),
 }
 
 
@@ -110,7 +120,8 @@ def test_gan_preset_settings(preset):
     assert any(isinstance(m, _BatchNorm) for m in critic.modules()) == want["d_batchnorm"]
     assert any(isinstance(m, nn.GroupNorm) for m in critic.modules()) is False  # no preset uses the layer-norm critic
     layers = [m for m in critic.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert all(nn.utils.parametrize.is_parametrized(m, "weight") for m in layers) == want["sn"]
+    normalised = [nn.utils.parametrize.is_parametrized(m, "weight") for m in layers]  # ProGAN's equalised layers are neither
+    assert (bool(normalised) and all(normalised)) == want["sn"]
     assert list(cfg.eval.metrics)[:4] == ["fid10k", "kid10k", "pr10k", "is10k"]  # the Lucic et al. protocol at the end
     objective.check_model(model, preset, preset, [])  # e.g. WGAN-GP refuses a batch-norm critic
 

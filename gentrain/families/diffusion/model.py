@@ -383,6 +383,7 @@ class SamplerSpec:
         if isinstance(spec, SamplerSpec):
             return spec
         values = dict(spec or {})
+        check_choice(values.get("name", "ddpm"), SAMPLERS, "sampler", "ddim")  # the sampler first: another model's (latent) has other keys
         unknown = sorted(set(values) - {"name", "steps", "eta", "guidance", "pictures"})
         if unknown:
             raise GentrainError(f"sampler has no key(s) {unknown}; its keys are name, steps (ddim), eta (ddim), guidance and pictures")
