@@ -154,9 +154,10 @@ class FGAN(AdversarialObjective):
     """
 
     def __init__(
-        self, divergence: str = "kl", generator: str = "alternative", d_steps: int = 1, aux_weight: float = 1.0, pack: int = 1
+        self, divergence: str = "kl", generator: str = "alternative", d_steps: int = 1, aux_weight: float = 1.0, pack: int = 1,
+        ortho_reg: float = 0.0,
     ) -> None:
-        super().__init__(d_steps, aux_weight, pack)
+        super().__init__(d_steps, aux_weight, pack, ortho_reg)
         self.divergence = DIVERGENCES[check_choice(divergence, tuple(DIVERGENCES), "objective.divergence", "jensen_shannon")]
         self.generator = check_choice(generator, GENERATOR_LOSSES, "objective.generator", "alternative")
 
