@@ -78,6 +78,10 @@ class AdversarialModel(GenerativeModel, Latent):
     def discriminate(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         return self.discriminator(x).flatten(), None
 
+    def training_logs(self) -> dict[str, Tensor]:
+        """Device scalars the G phase logs beside its losses (a growing network's resolution and fade-in alpha); none by default."""
+        return {}
+
     def reals(self, x: Tensor) -> Tensor:
         """Real images as the discriminator is to see them now (at the data's shape): ``x`` itself by default. A growing
         network (Progressive GAN) shows them at its current resolution and fade-in. Every objective's D phase asks."""

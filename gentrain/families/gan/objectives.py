@@ -158,7 +158,7 @@ class AdversarialObjective(Objective):
         z = model.noise(batch.size, device=batch.device)
         logits_fake, class_fake = model.discriminate(self.packed(model.generate(z, y)), y)
         loss = self.generator_loss(logits_fake).mean()
-        logs = self._output_logs(logits_fake, "fake")
+        logs = self._output_logs(logits_fake, "fake") | model.training_logs()
         aux = self._aux(class_fake, y, logs, "fake")
         if aux is not None:
             loss = loss + self.aux_weight * aux

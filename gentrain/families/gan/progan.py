@@ -328,6 +328,7 @@ class ProGAN(AdversarialModel, Scheduled):
         self.level, self.fading, self._alpha = 0, False, 1.0
         # alpha is a device tensor: a change of it is a fill, not a new graph (trainer.compile=true keeps its graphs)
         self.register_buffer("alpha", torch.ones(()), persistent=False)
+        self.register_buffer("side_now", torch.full((), float(BASE)), persistent=False)  # the current side, for the logs
         if self.side != h:
             log.info("model=progan: %dx%d images are padded to %dx%d with -1 (black) to grow by doubling from %dx%d; "
                      "G's images are cropped back to %dx%d", h, w, self.side, self.side, BASE, BASE, h, w)
@@ -351,6 +352,11 @@ class ProGAN(AdversarialModel, Scheduled):
     def _set(self, level: int, alpha: float) -> None:
         self.level, self.fading, self._alpha = level, alpha < 1.0, alpha
         self.alpha.fill_(alpha)
+        self.side_now.fill_(float(BASE << level))
+
+    def training_logs(self) -> dict[str, Tensor]:
+        """``resolution`` (the side G and D work at) and ``alpha`` (the fade-in weight), logged by the G phase."""
+        return {"resolution": self.side_now.clone(), "alpha": self.alpha.clone()}
 
     def unfinished(self) -> str | None:
         if self.level == self.levels - 1 and not self.fading:
