@@ -15,7 +15,9 @@ from gentrain.build import build_model
 from gentrain.data.base import DataSplit
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
-from gentrain.families.gan.biggan import BigGAN, ConditionalBatchNorm, SelfAttention, truncated_normal
+from gentrain.families.gan.base import truncated_normal
+from gentrain.families.gan.models import DCGAN
+from gentrain.families.gan.biggan import BigGAN, ConditionalBatchNorm, SelfAttention
 from gentrain.families.gan.objectives import Hinge, ortho_penalty
 from gentrain.objectives.base import Batch
 from gentrain.tasks import train
@@ -127,6 +129,12 @@ def test_truncated_noise_is_in_range_with_the_truncnorm_variance_and_training_no
     Hinge().step("D", model, Batch(x=torch.randn(4, 1, 8, 8), y=None))
     Hinge().step("G", model, Batch(x=torch.randn(4, 1, 8, 8), y=None))
     assert drawn == []
+    # every GAN takes the option: the truncation trick on DCGAN's Gaussian latent
+    dcgan = DCGAN(shape=[1, 8, 8], z_dim=16, g_width=4, d_width=4)
+    dcgan.set_sampler({"name": "latent", "truncation": 0.25})
+    with torch.no_grad():
+        assert float(dcgan.sample_with_labels(4, torch.Generator().manual_seed(0))[0].abs().max()) <= 1
+    assert float(dcgan.sampling_noise(500, torch.Generator().manual_seed(0)).abs().max()) <= 0.25
 
 
 def test_a_tiny_run_with_ema_and_ortho_reg_resumes_exactly(tmp_path: Path):

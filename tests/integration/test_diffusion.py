@@ -199,7 +199,7 @@ REFUSED = {
     "objective=ddpm-on-dcgan": (["model=dcgan", "objective=ddpm", "device=cpu"], "objective=ddpm needs a DiffusionModel and model=dcgan is not one"),
     "elbo-on-ddpm": (["model=ddpm", "objective=elbo", *SMALL], "objective=elbo needs a LatentVariableModel and model=ddpm is not one; objectives that fit model=ddpm: objective=ddpm"),
     "flow_nll-on-ddpm": (["model=ddpm", "objective=flow_nll", *SMALL], "objective=flow_nll needs a FlowModel and model=ddpm is not one"),
-    "sampler-on-dcgan": (["model=dcgan", "sampler=ddim", "device=cpu"], "has no sampler options; sampler= applies to ddpm"),
+    "sampler-on-dcgan": (["model=dcgan", "sampler=ddim", "device=cpu"], "a GAN samples with sampler=latent"),
     "guidance-unconditional": (["model=ddpm", "sampler.guidance=2", *SMALL], "sampler.guidance needs a class-conditional model"),
     "guidance-without-cond_drop": (
         ["model=ddpm", "model.num_classes=10", "model.cond_drop=0", "sampler.guidance=2", *SMALL], "which model.cond_drop=0 never trained",

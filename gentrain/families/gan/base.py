@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from gentrain.data.base import DataSplit
-from gentrain.models.base import GenerativeModel, Latent, check_labels, interpolate_latents
+from gentrain.errors import GentrainError
+from gentrain.models.base import GenerativeModel, Latent, SamplerOptions, check_labels, interpolate_latents
 
 
 def spectral_norm_(module: nn.Module) -> nn.Module:
@@ -19,7 +22,21 @@ def spectral_norm_(module: nn.Module) -> nn.Module:
     return module
 
 
-class AdversarialModel(GenerativeModel, Latent):
+def truncated_normal(shape: tuple[int, ...], truncation: float, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """N(0, 1) draws truncated to [-t, t] by redrawing the entries outside (rejection: the truncated normal exactly).
+
+    Each round draws a whole fresh tensor from ``generator`` and keeps it where the current entries are out of range, so
+    the result depends only on the generator's state. BigGAN's code samples ``scipy.stats.truncnorm(-t, t)``: the same law.
+    """
+    z = torch.randn(shape, device=device, generator=generator)
+    while True:
+        out = z.abs() > truncation
+        if not bool(out.any()):
+            return z
+        z = torch.where(out, torch.randn(shape, device=device, generator=generator), z)
+
+
+class AdversarialModel(GenerativeModel, Latent, SamplerOptions):
     """A generator ``G(z, y) -> x`` and a discriminator (critic) ``D(x, y) -> (logit [B], class logits [B, K] or None)``.
 
     Unconditional models ignore ``y``. A model built with ``pack > 1`` has a discriminator that takes
@@ -35,6 +52,8 @@ class AdversarialModel(GenerativeModel, Latent):
         #: How many samples the discriminator judges at once (PacGAN, Lin et al. 2018): its input is
         #: ``pack`` samples concatenated along the first data axis (see ``objective.pack``).
         self.pack = pack
+        #: ``sampler=latent sampler.truncation=t``: sampling draws z truncated to [-t, t]; None: z ~ N(0, I) (training always)
+        self.truncation: float | None = None
 
     @property
     def conditional(self) -> bool:
@@ -54,13 +73,31 @@ class AdversarialModel(GenerativeModel, Latent):
         """Latent codes z ~ N(0, I), [n, z_dim]."""
         return torch.randn(n, self.z_dim, device=device or self.device, generator=generator)
 
-    def sampling_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """The latent codes of samples (pictures, evaluation, ``task=sample``), [n, z_dim]: :meth:`noise` by default.
+    def set_sampler(self, spec: Any) -> None:
+        """``sampler=latent``: ``truncation`` null (z ~ N(0, I)) or t > 0 (z from N(0, I) truncated to [-t, t], the truncation
+        trick of Brock et al. 2019, section 3.1) for pictures, evaluation and ``task=sample``; training is never truncated."""
+        if spec is None:
+            return
+        values = dict(spec)
+        name = values.pop("name", "latent")
+        if name != "latent":
+            raise GentrainError(f"a GAN samples with sampler=latent (its option: sampler.truncation), got sampler={name}; e.g. sampler=latent sampler.truncation=0.5")
+        truncation = values.pop("truncation", None)
+        if values:
+            raise GentrainError(f"sampler=latent has no key(s) {sorted(values)}; its key is truncation (e.g. sampler.truncation=0.5)")
+        if truncation is not None and (isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not truncation > 0):
+            raise GentrainError(
+                f"sampler.truncation must be a number > 0 (z is truncated to [-t, t]) or null (no truncation), got {truncation!r}; "
+                "e.g. sampler.truncation=0.5"
+            )
+        self.truncation = None if truncation is None else float(truncation)
 
-        Training never calls it: the objectives draw ``model.noise(n, device=...)``. A model with a sampling option on
-        its latent (BigGAN's truncation, ``sampler.truncation``) overrides this, not :meth:`noise`.
-        """
-        return self.noise(n, generator=generator)
+    def sampling_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """The latent codes of samples (pictures, evaluation, ``task=sample``), [n, z_dim]: :meth:`noise`, or with
+        ``sampler.truncation`` z truncated to [-t, t]. Training never calls it: the objectives draw ``model.noise(n, device=...)``."""
+        if self.truncation is None:
+            return self.noise(n, generator=generator)
+        return truncated_normal((n, self.z_dim), self.truncation, self.device, generator)
 
     def ortho_weights(self) -> list[Tensor]:
         """The generator's weights that orthogonal regularisation (``objective.ortho_reg``, Brock et al. 2019) acts on.

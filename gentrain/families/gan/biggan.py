@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from gentrain.data.base import DataSplit
 from gentrain.errors import GentrainError, check_choice, check_int
 from gentrain.families.gan.base import AdversarialModel, spectral_norm_
-from gentrain.models.base import Conditional, SamplerOptions, check_labels
+from gentrain.models.base import Conditional, check_labels
 
 #: Weight initialisations (``model.init``): BigGAN-PyTorch's ``G_init`` / ``D_init`` choices.
 INITS = ("ortho", "N02", "xavier")
@@ -311,21 +311,7 @@ def attention_sides(side: int) -> list[int]:
     return sorted(g_sides & d_sides)
 
 
-def truncated_normal(shape: tuple[int, ...], truncation: float, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
-    """N(0, 1) draws truncated to [-t, t] by redrawing the entries outside (rejection: the truncated normal exactly).
-
-    Each round draws a whole fresh tensor from ``generator`` and keeps it where the current entries are out of range, so
-    the result depends only on the generator's state. BigGAN's code samples ``scipy.stats.truncnorm(-t, t)``: the same law.
-    """
-    z = torch.randn(shape, device=device, generator=generator)
-    while True:
-        out = z.abs() > truncation
-        if not bool(out.any()):
-            return z
-        z = torch.where(out, torch.randn(shape, device=device, generator=generator), z)
-
-
-class BigGAN(AdversarialModel, SamplerOptions):
+class BigGAN(AdversarialModel):
     """BigGAN (Brock et al. 2019) for square images; ``model=biggan``. See the module's docstring for the networks.
 
     ``num_classes`` (``${dataset.num_classes}``): class-conditional with a shared embedding of ``shared_dim`` and projection
@@ -397,31 +383,6 @@ class BigGAN(AdversarialModel, SamplerOptions):
                 discriminator.embed = nn.utils.parametrizations.spectral_norm(discriminator.embed)
         super().__init__(generator, discriminator, z_dim, spectral_norm=False, pack=1)
         self.num_classes = num_classes
-        self.truncation: float | None = None
-
-    # ---- sampling: the truncation trick --------------------------------------------------------------------------
-    def set_sampler(self, spec: Any) -> None:
-        """``sampler=latent``: ``truncation`` null (z ~ N(0, I)) or t > 0 (z from N(0, I) truncated to [-t, t])."""
-        if spec is None:
-            return
-        values = dict(spec)
-        name = values.pop("name", "latent")
-        if name != "latent":
-            raise GentrainError(f"model=biggan samples with sampler=latent (its option: sampler.truncation), got sampler={name}")
-        truncation = values.pop("truncation", None)
-        if values:
-            raise GentrainError(f"sampler=latent has no key(s) {sorted(values)}; its key is truncation (e.g. sampler.truncation=0.5)")
-        if truncation is not None and (isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not truncation > 0):
-            raise GentrainError(
-                f"sampler.truncation must be a number > 0 (z is truncated to [-t, t]) or null (no truncation), got {truncation!r}; "
-                "e.g. sampler.truncation=0.5"
-            )
-        self.truncation = None if truncation is None else float(truncation)
-
-    def sampling_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        if self.truncation is None:
-            return self.noise(n, generator=generator)
-        return truncated_normal((n, self.z_dim), self.truncation, self.device, generator)
 
     # ---- the networks ------------------------------------------------------------------------------------------------
     def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
