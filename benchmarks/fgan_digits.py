@@ -37,12 +37,39 @@ ROWS = {
 }
 
 
+def references(args: argparse.Namespace) -> list[tuple[str, dict[str, float]]]:
+    """The floor and the real data at the same count, with the loss table's code (benchmarks/fid_table.py)."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fid_table import floor_row, real_row
+
+    from gentrain.build import build
+    from gentrain.metrics.evaluate import Evaluator, ReferenceCache
+    from gentrain.metrics.inception import InceptionFeatures, resolve_weights
+
+    base = gentrain.build.compose(["dataset=digits", "device=cpu"])
+    dataset, device = build(base.dataset, "dataset"), torch.device("cpu")
+    es = OmegaConf.to_container(base.eval, resolve=True)
+    extractor = InceptionFeatures(resolve_weights(es["inception_weights"]), device)
+    cache = ReferenceCache(Path(str(es["cache_dir"])))
+    fid, kid = f"fid{args.n}", f"kid{args.n}"
+    evaluator = Evaluator([fid, kid], dataset, "test", lambda: extractor, cache, device, batch_size=250, seed=0,
+                          options={"kid_subsets": 100, "kid_subset_size": 1000})
+    ns = argparse.Namespace(n=args.n, sample_seed=0, eval_batch_size=250, runs_dir=args.runs_dir)
+    Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+    return [(r.label, r.values) for r in (floor_row(dataset, evaluator, ns), real_row(dataset, evaluator, extractor, cache, ns))]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n", type=int, default=250, help="samples per side (the digits' test split has 297)")
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--references", action="store_true", help="also the floor (per-pixel histogram) and real-data (first n train images) rows")
     p.add_argument("--runs-dir", default=str(REPO / "outputs" / "fgan_digits"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fgan_digits_cpu.md"))
     args = p.parse_args()
@@ -68,6 +95,7 @@ def main() -> None:
                    "wall_s": round(time.perf_counter() - t0, 1)}
             records.append(rec)
             print(json.dumps(rec), flush=True)
+    refs = references(args) if args.references else []
     v = versions()
     lines = [
         "# f-GAN divergences vs the non-saturating GAN on the digits (DCGAN, CPU)",
@@ -100,6 +128,8 @@ def main() -> None:
 
         per = ", ".join(f"{r[fid]:.1f}" if r[fid] is not None else r["status"] for r in rs)
         lines.append(f"| {row} | {len(ok)} / {len(rs)} | {ms(f, 1)} | {ms(k, 4)} | {per} |")
+    for label, values in refs:
+        lines.append(f"| {label} | | {values[fid]:.1f} | {values[kid]:.4f} | |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     print(f"written to {args.out}")
