@@ -129,7 +129,7 @@ def test_conditional_labels(tmp_path: Path) -> None:
 
 
 def test_labels_refused_for_unconditional(gan: gentrain.Result) -> None:
-    with pytest.raises(GentrainError, match=r"labels= needs a conditional model \(acgan, cgan, ddpm with model.num_classes\)"):
+    with pytest.raises(GentrainError, match=r"labels= needs a conditional model \(acgan, biggan with model.num_classes, cgan, ddpm with model.num_classes\)"):
         gan.loaded.sample(4, labels=[0, 1, 2, 3])  # type: ignore[union-attr]
 
 
