@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from gentrain.data.base import DataSplit
 from gentrain.errors import GentrainError, check_choice, check_int
 from gentrain.families.gan.base import AdversarialModel, spectral_norm_
+from gentrain.families.gan.models import _check_square
 from gentrain.models.base import Conditional, check_labels
 
 #: Weight initialisations (``model.init``): BigGAN-PyTorch's ``G_init`` / ``D_init`` choices.
@@ -347,8 +348,7 @@ class BigGAN(AdversarialModel):
                 f"model=biggan is an image model (convolutions, up-sampling) and the data has shape {list(shape)}; "
                 "for vector data (2-D toy sets) use model=gan_mlp or model=dcgan"
             )
-        if shape[1] != shape[2]:
-            raise GentrainError(f"model=biggan needs square images, got {shape[1]}x{shape[2]}; set dataset.size to one side")
+        _check_square("biggan", shape)
         if num_classes is not None:
             check_int(num_classes, "model.num_classes", example=10)
             check_int(shared_dim, "model.shared_dim", example=128)

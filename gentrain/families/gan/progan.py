@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from gentrain.errors import GentrainError, check_int
 from gentrain.families.gan.base import AdversarialModel
+from gentrain.families.gan.models import _check_square
 from gentrain.families.gan.wasserstein import WassersteinGP
 from gentrain.models.base import Scheduled
 from gentrain.objectives.base import mean_scalar
@@ -300,9 +301,8 @@ class ProGAN(AdversarialModel, Scheduled):
                 f"model=progan grows images from 4x4 and dataset shape {list(shape)} is not an image [C, H, W]; "
                 "use model=gan_mlp (or dcgan) for vector data"
             )
+        _check_square("progan", shape)
         c, h, w = shape
-        if h != w:
-            raise GentrainError(f"model=progan needs square images, got {h}x{w}; set dataset.size to one side")
         if h < 2 * BASE:
             raise GentrainError(f"model=progan grows from {BASE}x{BASE} and needs images of at least {2 * BASE}x{2 * BASE}, got {h}x{w}")
         if check_int(pack, "model.pack", 1, example=1) != 1:
@@ -325,7 +325,7 @@ class ProGAN(AdversarialModel, Scheduled):
         self.shape = shape
         self.pad = ((self.side - h) // 2, self.side - h - (self.side - h) // 2)
         self.stable_steps, self.fade_steps = stable_steps, fade_steps
-        self.level, self.fading, self._alpha = 0, False, 1.0
+        self.level, self._alpha = 0, 1.0
         # alpha is a device tensor: a change of it is a fill, not a new graph (trainer.compile=true keeps its graphs)
         self.register_buffer("alpha", torch.ones(()), persistent=False)
         self.register_buffer("side_now", torch.full((), float(BASE)), persistent=False)  # the current side, for the logs
@@ -338,8 +338,15 @@ class ProGAN(AdversarialModel, Scheduled):
     def resolution(self) -> int:
         return BASE << self.level
 
+    @property
+    def fading(self) -> bool:
+        """A new block is fading in (alpha < 1)."""
+        return self._alpha < 1.0
+
     def set_step(self, step: int) -> None:
         level, alpha = growth_at(step, self.levels, self.stable_steps, self.fade_steps)
+        if (level, alpha) == (self.level, self._alpha):
+            return  # a stable phase: no device fill per step
         if (level, alpha < 1.0) != (self.level, self.fading):
             r = BASE << level
             # steps counted from 1, as the progress line counts them
@@ -350,7 +357,7 @@ class ProGAN(AdversarialModel, Scheduled):
         self._set(level, alpha)
 
     def _set(self, level: int, alpha: float) -> None:
-        self.level, self.fading, self._alpha = level, alpha < 1.0, alpha
+        self.level, self._alpha = level, alpha
         self.alpha.fill_(alpha)
         self.side_now.fill_(float(BASE << level))
 
@@ -366,7 +373,8 @@ class ProGAN(AdversarialModel, Scheduled):
 
     def final_step(self) -> int:
         """The first step (counted from 0, as :meth:`set_step` gets them) at the last resolution with alpha 1."""
-        return self.stable_steps + (self.levels - 1) * (self.fade_steps + self.stable_steps) - self.stable_steps
+        # the first level's stable phase, then each later one's fade-in and stable phase but the last's stable phase
+        return (self.levels - 1) * (self.fade_steps + self.stable_steps)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"level": self.level, "alpha": self._alpha, "resolution": self.resolution}
@@ -404,9 +412,6 @@ class ProGAN(AdversarialModel, Scheduled):
             xr = old + (xr - old) * self.alpha
         return self._cropped(upsample(xr, factor))
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return super().sample(n, generator).clamp(-1.0, 1.0)
-
     def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
         x, y = super().sample_with_labels(n, generator)
         return x.clamp(-1.0, 1.0), y
@@ -435,6 +440,6 @@ class ProGANLoss(WassersteinGP):
 
     def critic_loss(self, logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         loss, logs = super().critic_loss(logits_real, logits_fake)
-        drift = logits_real.float().square().mean()
-        logs["drift"] = mean_scalar(logits_real.float().square())
-        return loss + self.drift * drift, logs
+        squares = logits_real.float().square()
+        logs["drift"] = mean_scalar(squares)
+        return loss + self.drift * squares.mean(), logs
