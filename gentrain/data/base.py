@@ -9,6 +9,10 @@ A dataset is a small object built by ``hydra.utils.instantiate(cfg.dataset)``. I
   models get it (``model.data_levels: ${oc.select:dataset.levels,null}``), so their likelihoods
   are of the data as it is,
 * vectors (toy sets): ``x`` float32 ``[N, D]``,
+* sequences (1-D data: audio, generated waveforms): ``x`` float32 ``[N, C, T]``, amplitudes in
+  [-1, 1], ``C`` channels (1: mono) of ``T`` time steps; a sequence dataset says its sampling
+  rate (:attr:`Dataset.rate`, samples per second), which sample files and audio logs use.
+  Models quantise the amplitude themselves (WaveNet's mu-law), so ``levels`` is None,
 * ``y`` int64 ``[N]`` class labels, or ``None`` when the set has none.
 
 Three splits (:data:`SPLITS`):
@@ -62,7 +66,7 @@ VAL_SEED: int = 2_718_281
 class DataSplit:
     """One split of a dataset, held in memory on the CPU.
 
-    x: images uint8 ``[N, C, H, W]`` (0..255) or vectors float32 ``[N, D]``.
+    x: images uint8 ``[N, C, H, W]`` (0..255), sequences float32 ``[N, C, T]`` in [-1, 1] or vectors float32 ``[N, D]``.
     y: int64 ``[N]`` class labels, or ``None`` when the dataset has no labels.
     """
 
@@ -82,14 +86,18 @@ class Dataset:
 
     Args:
         name: short identifier used in run names and logs, e.g. ``"fashion_mnist"``.
-        shape: shape of one sample, ``(C, H, W)`` for images or ``(D,)`` for vectors.
+        shape: shape of one sample, ``(C, H, W)`` for images, ``(C, T)`` for sequences or ``(D,)`` for vectors.
         num_classes: number of classes, or ``None`` when the set has no labels.
         val_fraction: fraction of the raw train split held out as "val", in [0, 1); 0 means
             no validation split.
         levels: images only: the number of levels per sub-pixel, an integer in 2..256 (None:
             256, 8-bit data); every loaded value must be a level's stored value
-            ``round(255 k / (levels - 1))``. Vectors: None (not applicable).
+            ``round(255 k / (levels - 1))``. Vectors and sequences: None (not applicable).
     """
+
+    #: Sequences: samples per second (audio; a generated waveform's nominal rate), for WAV files and audio logs.
+    #: None for images and vectors.
+    rate: int | None = None
 
     def __init__(
         self,
@@ -104,10 +112,10 @@ class Dataset:
         # compares equal to ``tensor.shape[1:]``.
         self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
         self._num_classes = None if num_classes is None else int(num_classes)
-        if len(self.shape) not in (1, 3) or any(s < 1 for s in self.shape):
+        if len(self.shape) not in (1, 2, 3) or any(s < 1 for s in self.shape):
             raise GentrainError(
                 f"dataset.shape={list(self.shape)} is not valid for dataset '{self.name}'; "
-                "use [C, H, W] for images or [D] for vectors, all positive"
+                "use [C, H, W] for images, [C, T] for sequences or [D] for vectors, all positive"
             )
         if self._num_classes is not None and self._num_classes < 1:
             raise GentrainError(
@@ -303,7 +311,7 @@ def check_levels(value: Any, images: bool, key: str = "dataset.levels", follows:
     if not images:
         if value is not None:
             fix = f"set {key}=null" if follows is None else f"leave {key}={follows} (null for vectors)"
-            raise GentrainError(f"{key}={value!r} applies to images (levels per sub-pixel) and this data is vectors; {fix}")
+            raise GentrainError(f"{key}={value!r} applies to images (levels per sub-pixel) and this data is not images; {fix}")
         return None
     if value is None:
         return MAX_LEVELS
