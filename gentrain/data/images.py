@@ -133,10 +133,16 @@ class _IdxImageDataset(Dataset):
         download: bool,
         val_fraction: float,
         levels: int | None = 256,
+        binarize: bool = False,
     ) -> None:
         super().__init__(name=name, shape=shape, num_classes=num_classes, val_fraction=val_fraction, levels=levels)
         self.root = Path(_default_root() if root is None else root)
         self.download = bool(download)
+        if not isinstance(binarize, bool):
+            raise GentrainError(f"dataset.binarize must be true or false, got {binarize!r}; e.g. dataset.binarize=true dataset.levels=2")
+        if binarize and self.levels != 2:
+            raise GentrainError(f"dataset.binarize=true makes two levels per pixel but dataset.levels={self.levels}; add dataset.levels=2")
+        self.binarize = binarize
 
     @property
     def raw_dir(self) -> Path:
@@ -202,6 +208,8 @@ class _IdxImageDataset(Dataset):
                 f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; "
                 "delete both and re-download (dataset.download=true) or reinstall the package"
             )
+        if self.binarize:  # a fixed threshold at half intensity: 0 or 255 (level 0 or 1 of 2)
+            images = torch.where(images >= 128, 255, 0).to(torch.uint8)
         return DataSplit(x=images.unsqueeze(1), y=labels.to(torch.int64))
 
 
@@ -216,6 +224,7 @@ class MNIST(_IdxImageDataset):
         name, shape, num_classes, val_fraction, levels: see :class:`~gentrain.data.base.Dataset`.
         root: data folder; None means ``$GENTRAIN_DATA`` or ``data``.
         download: if the files are missing, download them with torchvision.
+        binarize: threshold every pixel at 128 (to 0 or 255; needs ``levels=2``): binarised MNIST.
     """
 
     _title = "MNIST"
@@ -230,10 +239,11 @@ class MNIST(_IdxImageDataset):
         download: bool = False,
         val_fraction: float = 0.0,
         levels: int | None = 256,
+        binarize: bool = False,
     ) -> None:
         super().__init__(
             name=name, shape=shape, num_classes=num_classes, root=root, download=download, val_fraction=val_fraction,
-            levels=levels,
+            levels=levels, binarize=binarize,
         )
 
 
@@ -250,6 +260,7 @@ class FashionMNIST(_IdxImageDataset):
         root: data folder; None means ``$GENTRAIN_DATA`` or ``data``.
         download: if the files are missing, download them with torchvision into ``root``.
         system_dir: system-wide copy, searched first.
+        binarize: threshold every pixel at 128 (to 0 or 255; needs ``levels=2``): binarised Fashion-MNIST.
     """
 
     _title = "Fashion-MNIST"
@@ -265,10 +276,11 @@ class FashionMNIST(_IdxImageDataset):
         system_dir: str = "/usr/share/datasets/fashion-mnist",
         val_fraction: float = 0.0,
         levels: int | None = 256,
+        binarize: bool = False,
     ) -> None:
         super().__init__(
             name=name, shape=shape, num_classes=num_classes, root=root, download=download, val_fraction=val_fraction,
-            levels=levels,
+            levels=levels, binarize=binarize,
         )
         self.system_dir = Path(system_dir)
 
