@@ -1,4 +1,5 @@
-"""Pictures of samples: image grids and 2-D scatter plots, as uint8 HWC arrays and PNG files."""
+"""Pictures of samples: image grids, 2-D scatter plots and waveform plots of 1-D sequences, as uint8 HWC arrays and PNG
+files; and the sound of sequence samples (:func:`sample_clip`, written as WAV files)."""
 
 from __future__ import annotations
 
@@ -68,10 +69,54 @@ def scatter_image(real: Tensor, fake: Tensor, size: int = 512, margin: float = 0
     return canvas
 
 
+WAVE_RGB = (30, 90, 180)
+
+
+def waveform_image(x: Tensor, nrow: int | None = None, width: int = 512, height: int = 96) -> np.ndarray:
+    """Sequences [N, C, T] in [-1, 1] -> uint8 grid of waveform plots, one panel of ``width`` x ``height`` per
+    sequence and channel (``nrow`` panels a row, default: 2 columns), amplitude 0 in the middle of each panel.
+
+    Each column of a panel covers ``T / width`` time steps and is drawn from their minimum to their maximum, so a
+    long recording keeps its envelope and a short one is joined point to point (no matplotlib, so it stays cheap).
+    """
+    v = x.detach().float().cpu().clamp(-1, 1).flatten(0, 1).numpy()  # [N C, T]
+    n, t = v.shape
+    cols = max(1, nrow or min(2, n))
+    rows = int(math.ceil(n / cols))
+    pad = 2
+    canvas = np.full((rows * (height + pad) + pad, cols * (width + pad) + pad, 3), 200, dtype=np.uint8)
+    edges = np.linspace(0, t, width + 1)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        panel = np.full((height, width, 3), 255, dtype=np.uint8)
+        panel[height // 2] = (220, 220, 220)
+        for col in range(width):
+            lo, hi = int(edges[col]), max(int(edges[col + 1]), int(edges[col]) + 1)
+            lo, hi = max(0, min(lo, t - 1) - (1 if hi - lo == 1 and lo > 0 else 0)), min(t, hi)  # join short sequences to the previous point
+            seg = v[k, lo:hi]
+            top = int(round((1 - seg.max()) / 2 * (height - 1)))
+            bottom = int(round((1 - seg.min()) / 2 * (height - 1)))
+            panel[top : bottom + 1, col] = WAVE_RGB
+        top, left = r * (height + pad) + pad, q * (width + pad) + pad
+        canvas[top : top + height, left : left + width] = panel
+    return canvas
+
+
+def sample_clip(x: Tensor, rate: int, count: int = 8) -> Tensor:
+    """Sequences [N, C, T] -> one mono clip [T'] in [-1, 1]: the first ``count`` samples, channels averaged, one after the
+    other with a tenth of a second (``rate`` / 10 samples) of silence between them."""
+    gap = torch.zeros(max(1, rate // 10))
+    parts = [p for s in x[:count].detach().float().mean(1).cpu() for p in (s, gap)][:-1]
+    return torch.cat(parts).clamp(-1, 1)
+
+
 def sample_picture(x: Tensor, reference: Tensor | None = None, nrow: int | None = None) -> np.ndarray | None:
-    """The natural picture of a batch of samples: a grid for images (``nrow`` a row), a scatter against ``reference`` for 2-D points."""
+    """The natural picture of a batch of samples: a grid for images (``nrow`` a row), a scatter against ``reference`` for 2-D points,
+    waveform plots for sequences [N, C, T]."""
     if x.dim() == 4:
         return image_grid(x, nrow)
+    if x.dim() == 3:
+        return waveform_image(x[:8])
     if x.dim() == 2 and x.shape[1] == 2:
         return scatter_image(reference if reference is not None else x, x)
     return None

@@ -45,7 +45,7 @@ from gentrain.errors import GentrainError
 from gentrain.models.base import Latent, Scheduled
 from gentrain.sampling import sampling_state
 from gentrain.shared import atomic_save
-from gentrain.visual import image_grid, sample_picture, save_png
+from gentrain.visual import image_grid, sample_clip, sample_picture, save_png
 
 if TYPE_CHECKING:
     from gentrain.engine.trainer import Trainer
@@ -133,6 +133,10 @@ class LoopView:
 
     def image(self, tag: str, picture: Any, path: Path) -> None:
         self._loop.loggers.image(tag, picture, self._loop.step, path)
+
+    def audio(self, tag: str, clip: Any, rate: int, path: Path) -> None:
+        """A mono clip [T] at ``rate`` samples per second (samples of 1-D data) and its WAV file."""
+        self._loop.loggers.audio(tag, clip, rate, self._loop.step, path)
 
     def record(self, line: dict[str, Any]) -> None:
         """One line of ``metrics.jsonl``."""
@@ -327,9 +331,11 @@ class SampleHook(Hook):
     deferrable = True
     training_time = False
 
-    def __init__(self, ls: Any, head: Tensor, device: torch.device) -> None:
-        """``ls``: the logger settings; ``head``: the first training examples (uint8 images or points), for the pictures."""
+    def __init__(self, ls: Any, head: Tensor, device: torch.device, rate: int | None = None) -> None:
+        """``ls``: the logger settings; ``head``: the first training examples (uint8 images, sequences or points), for the
+        pictures; ``rate``: sequences' samples per second (``Dataset.rate``): their samples are written as WAV files too."""
         self.every = ls.samples_every
+        self.rate = rate
         points = head.dim() == 2
         # a fixed batch of real 2-D points for scatter plots (images need none)
         self.reference = head[: ls.n_points].to(device) if points else None
@@ -361,12 +367,25 @@ class SampleHook(Hook):
         save_png(picture, path)
         self.path = path
         view.image("samples", picture, path)
+        if x.dim() == 3 and self.rate:
+            self._sounds(view, x)
         named = {f"interp_{kind}": (grid, ls.interp_steps) for kind, grid in interpolations.items()} | extra
         for name, (images, rows) in named.items():
             image = image_grid(images.float(), rows, min_side=256 if images.shape[0] == 1 else 32)
             image_path = view.run_dir / "samples" / f"{name}_step_{view.step:06d}.png"
             save_png(image, image_path)
             view.image(f"pictures/{name}", image, image_path)
+
+    def _sounds(self, view: LoopView, x: Tensor) -> None:
+        """Sequences: the first samples as one clip (:func:`~gentrain.visual.sample_clip`), ``samples/step_<step>.wav`` and
+        an audio clip for the loggers."""
+        from gentrain.data.audio import write_wav
+
+        assert self.rate is not None
+        clip = sample_clip(x, self.rate)
+        path = view.run_dir / "samples" / f"step_{view.step:06d}.wav"
+        write_wav(path, clip[None], self.rate)
+        view.audio("samples", clip.numpy(), self.rate, path)
 
     def _interpolations(self, view: LoopView) -> dict[str, Tensor]:
         """Linear and spherical latent interpolation grids (images only: a path of 2-D points is no picture)."""

@@ -68,6 +68,9 @@ class Logger(Protocol):
     def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
         """``image_hwc``: uint8 H x W x 3; ``path``: the PNG file of it in the run directory, when saved."""
 
+    def audio(self, tag: str, clip: np.ndarray, rate: int, step: int, path: Path | None = None) -> None:
+        """``clip``: float32 [T] mono in [-1, 1] at ``rate`` samples per second (samples of 1-D data); ``path``: its WAV file."""
+
     def params(self, params: dict[str, Any]) -> None: ...
 
     def text(self, tag: str, text: str) -> None: ...
@@ -104,6 +107,8 @@ class Backend:
     def scalars(self, values: dict[str, float], step: int) -> None: ...
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None: ...
+
+    def audio(self, tag: str, clip: np.ndarray, rate: int, step: int, path: Path | None = None) -> None: ...
 
     def params(self, params: dict[str, Any]) -> None: ...
 
@@ -199,6 +204,9 @@ class Loggers:
     def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
         self._each("image", tag, image_hwc, step, path)
 
+    def audio(self, tag: str, clip: np.ndarray, rate: int, step: int, path: Path | None = None) -> None:
+        self._each("audio", tag, clip, rate, step, path)
+
     def params(self, params: dict[str, Any]) -> None:
         self._each("params", params)
 
@@ -222,13 +230,19 @@ class Loggers:
                 continue
             if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step and (values := record_scalars(record)):
                 events.append((record["step"], 0, values))
-        for path in sorted((run_dir / "samples").glob("*step_[0-9][0-9][0-9][0-9][0-9][0-9].png")):
-            name, _, at = path.stem.rpartition("step_")
-            if int(at) <= step:
-                events.append((int(at), 1, ("samples" if not name else f"pictures/{name.rstrip('_')}", path)))
+        for suffix, kind in (("png", 1), ("wav", 2)):
+            for path in sorted((run_dir / "samples").glob(f"*step_[0-9][0-9][0-9][0-9][0-9][0-9].{suffix}")):
+                name, _, at = path.stem.rpartition("step_")
+                if int(at) <= step:
+                    events.append((int(at), kind, ("samples" if not name else f"pictures/{name.rstrip('_')}", path)))
         for at, kind, what in sorted(events, key=lambda e: (e[0], e[1])):
             if kind == 0:
                 self._each("scalars", what, at, catching_up=True)
+            elif kind == 2:
+                from gentrain.data.audio import read_wav
+
+                clip, rate = read_wav(what[1])
+                self._each("audio", what[0], clip.mean(0), rate, at, what[1], catching_up=True)
             else:
                 from PIL import Image
 
@@ -273,6 +287,11 @@ class TensorBoardLogger(Backend):
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
         self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
+
+    def audio(self, tag: str, clip: np.ndarray, rate: int, step: int, path: Path | None = None) -> None:
+        import torch
+
+        self.writer.add_audio(tag, torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))[None], step, sample_rate=rate)
 
     def params(self, params: dict[str, Any]) -> None:
         self.hparams.update(params)
@@ -440,6 +459,11 @@ class MlflowLogger(Backend):
         else:
             self.client.log_image(self.run_id, image_hwc, artifact_file=f"{self._key(tag)}/step_{step:06d}.png")
 
+    def audio(self, tag: str, clip: np.ndarray, rate: int, step: int, path: Path | None = None) -> None:
+        """The WAV file as an artifact beside the pictures (MLflow has no audio type)."""
+        if path is not None and f"samples/{path.name}" not in self.stored:
+            self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
+
     def params(self, params: dict[str, Any]) -> None:
         """New keys as params; on resume, a value that changed (MLflow params are immutable) as the tag ``resumed.<key>``."""
         values = {self._key(k): _text(v)[: self.max_value] for k, v in params.items()}
@@ -508,6 +532,13 @@ class WandbLogger(Backend):
     def image(self, tag: str, image_hwc: np.ndarray, step: int, path: Path | None = None) -> None:
         if step > self.seen.get(tag, -1):
             self.run.log({tag: self.wandb.Image(image_hwc)}, step=step)
+
+    def audio(self, tag: str, clip: np.ndarray, rate: int, step: int, path: Path | None = None) -> None:
+        key = f"{tag}/audio"
+        if step > self.seen.get(key, -1):
+            # from the WAV file when there is one (an array needs the soundfile package to be written)
+            audio = self.wandb.Audio(str(path)) if path is not None else self.wandb.Audio(np.asarray(clip, dtype=np.float32), sample_rate=rate)
+            self.run.log({key: audio}, step=step)
 
     def params(self, params: dict[str, Any]) -> None:
         self.run.config.update({k: (v if isinstance(v, (int, float, str, bool)) else _text(v)) for k, v in params.items()}, allow_val_change=True)

@@ -317,6 +317,7 @@ class Evaluator:
             if p.family.space not in (self.space, "likelihood"):
                 kind = "1- or 3-channel images" if p.family.space == "inception" else "2-D Gaussian-mixture points (ring8, grid25)"
                 fitting = [f for f in FAMILIES.values() if f.space == self.space and (images or tuple(dataset.shape) == (2,))]
+                fitting += [f for f in FAMILIES.values() if f.space == "likelihood"]  # a likelihood model's nll fits any data
                 hint = f"metrics for it: {', '.join(f.name + '<count>' for f in fitting)}" if fitting else "no metric fits it"
                 raise GentrainError(f"{p.name} needs {kind}, but dataset {dataset.name} has samples of shape {list(dataset.shape)}; {hint}")
         if self.space == "points" and any(p.family.space == "points" for p in self.protocols):

@@ -121,6 +121,9 @@ def render_markdown(report: dict[str, Any], run_dir: Path) -> str:
         rel = os.path.relpath(report["samples"], run_dir)
         drawn = f", drawn with {report['samples_sampler']}" if report.get("samples_sampler") else ""
         lines += ["", "## Samples", "", f"At fixed noise, step {run['steps']}{drawn}:", "", f"![samples]({rel})"]
+        sound = Path(report["samples"]).with_suffix(".wav")
+        if sound.is_file():  # 1-D data: the same samples as sound
+            lines += ["", f"Listen: [{sound.name}]({os.path.relpath(sound, run_dir)})"]
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     lines += ["## Config", "", "```yaml", report["config_yaml"].rstrip(), "```", ""]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""``task=sample ckpt=PATH n=64``: a PNG grid (or scatter plot) and an ``.npz`` of the samples."""
+"""``task=sample ckpt=PATH n=64``: a PNG grid (a scatter plot, waveform plots), an ``.npz`` of the samples and, for 1-D
+sequences, a WAV file of the first ones."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from gentrain.metrics.evaluate import to_uint8
 from gentrain.config import EvalSettings, typed
 from gentrain.sampling import draw_samples, sampling_state
 from gentrain.tasks.common import model_options, load_trained, required, setup_device
-from gentrain.visual import sample_picture, save_png
+from gentrain.visual import sample_clip, sample_picture, save_png
 
 
 def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
@@ -50,5 +51,10 @@ def sample(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     if picture is not None:
         save_png(picture, stem.with_suffix(".png"))
         files["png"] = str(stem.with_suffix(".png"))
+    if x.dim() == 3 and dataset.rate:  # sequences: the first samples as sound
+        from gentrain.data.audio import write_wav
+
+        write_wav(stem.with_suffix(".wav"), sample_clip(x, dataset.rate)[None], dataset.rate)
+        files["wav"] = str(stem.with_suffix(".wav"))
     console.print(f"{n} samples of {path} (step {ckpt['step']}, seed {seed}): {', '.join(files.values())}", highlight=False)
     return files

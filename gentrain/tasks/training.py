@@ -224,7 +224,7 @@ def default_callbacks(s: Setup, stream: Any, ema: EMA | None, own: list[Hook] | 
         ScheduleHook(s.schedulers),
         *([EMAHook(ema)] if ema is not None else []),
         LogHook(s.ls.every),
-        SampleHook(s.ls, head, s.device),
+        SampleHook(s.ls, head, s.device, s.dataset.rate),
         *([EvalHook(s.schedule)] if s.schedule is not None else []),
         *(own or []),
         CheckpointHook(s.ts.ckpt_every),
