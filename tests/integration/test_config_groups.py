@@ -18,6 +18,8 @@ from omegaconf import OmegaConf
 from conftest import make_config, quiet_console, tiny_overrides
 from gentrain.build import choice, config_options, target_class
 from gentrain.config import CONFIG_DIR
+from gentrain.data.audio import AudioFolder, write_wav
+from gentrain.data.images import FashionMNIST, _IdxImageDataset
 from gentrain.metrics.fidelity import parse_protocol
 from gentrain.tasks import train
 from test_data import write_cifar, write_mnist_like
@@ -39,7 +41,7 @@ def objective_model(objective: str) -> str:
     fitting = [m for m, node in config_options("model") if (cls := target_class(str(node.get("_target_", "")))) and issubclass(cls, family)]
     return (own or fitting)[0]
 #: Datasets whose files a test writes (format-faithful; the real ones need a download or a Debian package).
-FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "audio_folder")
 #: Options that cannot run on every machine, with the reason.
 NEEDS = {("device", "cuda"): ("CUDA", torch.cuda.is_available())}
 EXTRA_GROUPS = {"device": ["cpu", "auto", "cuda"], "eval": ["default", "standard"], "logger": ["base", "csv", "mlflow", "tensorboard", "wandb"], "trainer": ["default", "diffusion"],
@@ -55,9 +57,17 @@ def options(group: str) -> list[str]:
 
 def data_files(dataset: str, root: Path) -> list[str]:
     """Overrides that point a file-based dataset at small files this test writes."""
-    if dataset in ("mnist", "fashion_mnist"):
-        write_mnist_like(root / {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[dataset] / "raw", seed=0, n_train=40)
-        return [f"dataset.root={root}"] + (["dataset.system_dir=/nonexistent"] if dataset == "fashion_mnist" else [])
+    cls = target_class(str(make_config([f"dataset={dataset}"]).dataset._target_))
+    if cls is not None and issubclass(cls, _IdxImageDataset):  # MNIST, Fashion-MNIST and their binarised options
+        write_mnist_like(root / cls._torchvision_name / "raw", seed=0, n_train=40)
+        return [f"dataset.root={root}"] + (["dataset.system_dir=/nonexistent"] if issubclass(cls, FashionMNIST) else [])
+    if cls is not None and issubclass(cls, AudioFolder):
+        folder = root / "audio"
+        folder.mkdir(parents=True)
+        t = torch.arange(4000) / 8000
+        for i in range(5):
+            write_wav(folder / f"{i}.wav", torch.sin(2 * torch.pi * (200 + 50 * i) * t)[None] * 0.5, 8000)
+        return [f"dataset.path={folder}", "dataset.rate=8000", "dataset.length=256", "trainer.batch_size=8"]
     if dataset == "cifar10":
         write_cifar(root, seed=0)  # 10 training images
         return [f"dataset.root={root}", "trainer.batch_size=4"]
@@ -100,8 +110,9 @@ def combination(group: str, option: str, root: Path) -> list[str]:
         return tiny_overrides(option, "digits", model_objective(option), steps=2)
     if group == "objective":
         return tiny_overrides(objective_model(option), "digits", option, steps=2)
-    if group == "dataset":
-        return tiny_overrides("gan_mlp", option, steps=2, extra=data_files(option, root))
+    if group == "dataset":  # sequences [C, T] train a sequence model, the rest the MLP GAN
+        sequences = len(make_config([f"dataset={option}"]).dataset.shape) == 2
+        return tiny_overrides("wavenet" if sequences else "gan_mlp", option, "ar_nll" if sequences else "non_saturating", steps=2, extra=data_files(option, root))
     if group == "experiment":
         return experiment_combination(option, root)
     base = tiny_overrides(*(("ddpm", "digits", "ddpm") if (group, option) in DIFFUSION_OPTIONS else ("gan_mlp", "digits")), steps=2)

@@ -41,6 +41,11 @@ LOG_STD_MIN, LOG_STD_MAX = -9.0, 5.0
 class AutoregressiveModel(LikelihoodModel):
     """Autoregressive models (objective=ar_nll)."""
 
+    def training_log_prob(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """What ``objective=ar_nll`` maximises for a batch with labels ``y`` (None: unlabelled): ``log_prob(x)`` here;
+        a class-conditional model gives ``log p(x | y)``."""
+        return self.log_prob(x)
+
 
 # ----------------------------------------------------------------------------- validation
 
