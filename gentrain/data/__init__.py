@@ -6,12 +6,14 @@ int64 ``[N]`` or None; everything on the CPU. "val" is held out of the training 
 :mod:`gentrain.data.base`.
 """
 
+from gentrain.data.audio import AudioFolder, Waveforms, mu_law_decode, mu_law_encode, read_wav, write_wav
 from gentrain.data.base import SPLITS, DataSplit, Dataset
 from gentrain.data.images import CIFAR10, MNIST, Digits, FashionMNIST, ImageFolder, read_idx
 from gentrain.data.toy import GaussianMixture, Grid25, Moons, Ring8, SwissRoll, ToyDataset
 
 __all__ = [
     "SPLITS",
+    "AudioFolder",
     "CIFAR10",
     "MNIST",
     "DataSplit",
@@ -25,5 +27,10 @@ __all__ = [
     "Ring8",
     "SwissRoll",
     "ToyDataset",
+    "Waveforms",
+    "mu_law_decode",
+    "mu_law_encode",
     "read_idx",
+    "read_wav",
+    "write_wav",
 ]
