@@ -1,6 +1,7 @@
 """Datasets: ``hydra.utils.instantiate(cfg.dataset).load("train" | "val" | "test") -> DataSplit``.
 
-Images come back as uint8 ``[N, C, H, W]``, toy vectors as float32 ``[N, D]``, labels as
+Images come back as uint8 ``[N, C, H, W]``, sequences (audio, waveforms) as float32 ``[N, C, T]`` in
+[-1, 1] with the dataset's ``rate``, toy vectors as float32 ``[N, D]``, labels as
 int64 ``[N]`` or None; everything on the CPU. "val" is held out of the training data
 (``dataset.val_fraction``) for model selection; "test" is for the final report. See
 :mod:`gentrain.data.base`.

@@ -255,12 +255,12 @@ class AudioFolder(Dataset):
         self._audio: list[tuple[Path, np.ndarray]] | None = None
 
     def split_note(self, split: str) -> str | None:
-        """For "test" without held-out files (``test_fraction=0``): the reference is the training
-        audio, so a test metric measures fit to it, not generalisation. None otherwise."""
+        """What one dimension is (:func:`per_sample_note`) and, for "test" without held-out files (``test_fraction=0``),
+        that the reference is the training audio, so a test metric measures fit to it, not generalisation."""
         if split != "test" or self.test_fraction > 0:
-            return None
+            return per_sample_note(self.rate)
         return (
-            f"dataset.path={self.path!r} has no held-out test files (dataset.test_fraction=0), so the "
+            f"{per_sample_note(self.rate)}; dataset.path={self.path!r} has no held-out test files (dataset.test_fraction=0), so the "
             "reference is the training audio; hold some files out with dataset.test_fraction=0.1"
         )
 
@@ -387,6 +387,11 @@ def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- waveforms
 
 
+def per_sample_note(rate: int | None) -> str:
+    """The note every result on sequence data carries: one dimension is one audio sample, so bits/dim is bits per sample."""
+    return f"one dimension is one audio sample ({rate} per second): nll<count>_bpd is bits per sample"
+
+
 class Waveforms(Dataset):
     """Generated mono waveforms ``[N, 1, length]`` in [-1, 1]; the label is the kind of wave.
 
@@ -451,6 +456,10 @@ class Waveforms(Dataset):
                 f"dataset.shape={list(self.shape)} but waveforms are mono sequences of dataset.length={self.length} "
                 "samples; set dataset.shape=[1, ${dataset.length}]"
             )
+
+    def split_note(self, split: str) -> str | None:
+        """What one dimension is (:func:`per_sample_note`)."""
+        return per_sample_note(self.rate)
 
     def _load(self, split: str) -> DataSplit:
         n = self.n_train if split == "train" else self.n_test

@@ -459,18 +459,18 @@ ALL_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 def test_every_dataset_has_a_config() -> None:
     assert set(ALL_CONFIGS) == {"ring8", "grid25", "swissroll", "moons", "digits", "fashion_mnist", "mnist",
-                                "cifar10", "image_folder"}
+                                "cifar10", "image_folder", "binarized_mnist", "binarized_fashion_mnist", "audio_folder", "waveforms"}
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_config_matches_class(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENTRAIN_DATA", str(tmp_path))
-    cfg = compose(name, path=str(tmp_path)) if name == "image_folder" else compose(name)
+    cfg = compose(name, path=str(tmp_path)) if name in ("image_folder", "audio_folder") else compose(name)
     ds = instantiate(cfg.dataset)
     assert isinstance(ds, Dataset) and type(ds).__name__ in data.__all__
     assert ds.name == name
     assert ds.shape == tuple(cfg.dataset.shape) and all(type(s) is int for s in ds.shape)
-    assert name == "image_folder" or ds.num_classes == cfg.dataset.num_classes
+    assert name in ("image_folder", "audio_folder") or ds.num_classes == cfg.dataset.num_classes
     # The YAML lists exactly the constructor's keyword arguments, each typed.
     params = inspect.signature(type(ds)).parameters
     assert set(params) == set(cfg.dataset) - {"_target_"}
