@@ -87,7 +87,7 @@ def floors(model: WaveNet, train_x: torch.Tensor, test_x: torch.Tensor) -> dict[
 def sampler_speed(model: WaveNet, length: int, n: int, seed: int) -> dict[str, Any]:
     """Values per second of the cached and the naive generator on ``model``'s weights, for ``n`` sequences of ``length``."""
     m = WaveNet((1, length), levels=model.levels, mu_law=model.mu_law, dilations=model.dilations, stacks=1,
-                residual_channels=model.net.embed.embedding_dim, dilation_channels=model.net.layers[0].residual.in_channels,
+                residual_channels=model.net.embed.embedding_dim, dilation_channels=model.net.layers[0].skip.in_channels,
                 skip_channels=model.net.layers[0].skip.out_channels)
     m.load_state_dict(model.state_dict())
     m.eval()

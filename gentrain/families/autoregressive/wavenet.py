@@ -14,7 +14,7 @@ The network (Sec. 2.1-2.4, Fig. 4): the previous value's level is embedded (``re
 one-hot input and a 1x1 convolution, a learned start vector before the first value), then ``stacks`` repeats of the
 ``dilations``, each layer a kernel-2 causal convolution of its dilation d, ``z = tanh(W_f * h + V_f y) ⊙
 sigmoid(W_g * h + V_g y)`` (``V y``: global conditioning on the label, ``model.num_classes``), a 1x1 residual
-connection back to ``h`` and a 1x1 skip connection; the skips are summed, ReLU, 1x1, ReLU, 1x1 to K logits. The
+connection back to ``h`` (not in the last layer, whose residual would feed nothing) and a 1x1 skip connection; the skips are summed, ReLU, 1x1, ReLU, 1x1 to K logits. The
 logits at position t see the values before t only: the receptive field is ``sum(dilations) * stacks + 1`` values.
 
 Sampling (``model.fast_generation``): the cached generator of Paine et al. (2016, "Fast Wavenet Generation
@@ -80,12 +80,13 @@ def draw(logits: Tensor, u: Tensor) -> Tensor:
 class ResidualLayer(nn.Module):
     """One WaveNet layer: a kernel-2 causal convolution of dilation d, the gated unit, 1x1 residual and skip outputs."""
 
-    def __init__(self, residual: int, dilation_channels: int, skip: int, dilation: int, num_classes: int | None) -> None:
+    def __init__(self, residual: int, dilation_channels: int, skip: int, dilation: int, num_classes: int | None, last: bool = False) -> None:
         super().__init__()
         self.dilation = dilation
         self.conv = nn.Conv1d(residual, 2 * dilation_channels, kernel_size=2, dilation=dilation)  # filter and gate
         self.label = nn.Embedding(num_classes, 2 * dilation_channels) if num_classes is not None else None
-        self.residual = nn.Conv1d(dilation_channels, residual, 1)
+        # the last layer's residual output would feed nothing (only the skips reach the head): it has none
+        self.residual = None if last else nn.Conv1d(dilation_channels, residual, 1)
         self.skip = nn.Conv1d(dilation_channels, skip, 1)
 
     def _gate(self, z: Tensor) -> Tensor:
@@ -98,7 +99,7 @@ class ResidualLayer(nn.Module):
         if self.label is not None and y is not None:
             z = z + self.label(y)[:, :, None]
         g = self._gate(z)
-        return h + self.residual(g), self.skip(g)
+        return (h if self.residual is None else h + self.residual(g)), self.skip(g)
 
     def step(self, h: Tensor, past: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         """One position: the input now [n, R] and d positions ago ``past`` [n, R] -> (output [n, R], skip [n, S])."""
@@ -107,7 +108,8 @@ class ResidualLayer(nn.Module):
         if self.label is not None and y is not None:
             z = z + self.label(y)
         g = self._gate(z)
-        return h + g @ self.residual.weight[:, :, 0].T + self.residual.bias, g @ self.skip.weight[:, :, 0].T + self.skip.bias
+        skip = g @ self.skip.weight[:, :, 0].T + self.skip.bias
+        return (h if self.residual is None else h + g @ self.residual.weight[:, :, 0].T + self.residual.bias), skip
 
 
 class WaveNetNet(nn.Module):
@@ -117,7 +119,9 @@ class WaveNetNet(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(levels, residual)
         self.start = nn.Parameter(torch.zeros(residual))  # the input before the first value
-        self.layers = nn.ModuleList(ResidualLayer(residual, dilation_channels, skip, d, num_classes) for d in dilations)
+        self.layers = nn.ModuleList(
+            ResidualLayer(residual, dilation_channels, skip, d, num_classes, last=i == len(dilations) - 1) for i, d in enumerate(dilations)
+        )
         self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(skip, skip, 1), nn.ReLU(), nn.Conv1d(skip, levels, 1))
 
     def inputs(self, u: Tensor) -> Tensor:
