@@ -77,7 +77,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer, expected: dict[str, Any]) 
 
 def test_every_recipe_preset_is_checked_here():
     presets = {p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if p.stem.startswith(("fashion_", "cifar10_"))}
-    assert presets == set(EXPECTED) | {"fashion_vae", "cifar10_ddpm", "fashion_ddpm"}
+    assert presets == set(EXPECTED) | {"fashion_vae", "cifar10_ddpm", "fashion_ddpm", "cifar10_pixelrnn"}
 
 
 def test_cifar10_ddpm_is_ho_et_al():
@@ -187,3 +187,11 @@ def test_fid_table_floor_samples_each_pixel_from_its_own_histogram():
     assert samples.shape == (2000, 1, 2, 2)
     assert set(samples[:, 0, 0, 0].unique().tolist()) == {0, 255} and 0.45 < (samples[:, 0, 0, 0] == 255).float().mean() < 0.55
     assert (samples[:, 0, 1, 1] == 7).all() and (samples[:, 0, 0, 1] == 0).all()
+
+
+def test_cifar10_pixelrnn_is_the_papers_diagonal_bilstm():
+    """van den Oord et al. 2016: 12 residual Diagonal BiLSTM layers of h = 128 on CIFAR-10, 256 levels, exact bits/dim."""
+    cfg, model, objective, optimizers = built("cifar10_pixelrnn")
+    assert type(model).__name__ == "PixelRNN" and type(objective).__name__ == "AutoregressiveNLL"
+    assert (cfg.model.cell, cfg.model.layers, cfg.model.hidden, model.data_levels) == ("diagonal_bilstm", 12, 128, 256)
+    assert list(cfg.eval.metrics) == ["nll10k"] and cfg.eval.every > 0
