@@ -60,6 +60,21 @@ def _shape(shape: Any) -> tuple[int, ...]:
     return out
 
 
+def image_shape(shape: Any, model: str) -> tuple[int, int, int]:
+    """``model.shape`` as [C, H, W] for an image-only model (``model=<model>``); vectors [D] and sequences [C, T] are
+    refused in one line naming the model that fits them."""
+    try:
+        sizes = [int(s) for s in shape]
+    except (TypeError, ValueError):
+        sizes = None  # _shape says what is wrong with it
+    if sizes is not None and len(sizes) == 1:
+        raise GentrainError(f"model={model} needs images and the data has shape {sizes}; use model=made for vectors")
+    if sizes is not None and len(sizes) == 2:
+        raise GentrainError(f"model={model} needs images [C, H, W] and the data has shape {sizes}, a sequence [C, T]; use model=wavenet for sequences")
+    c, h, w = _shape(shape)
+    return c, h, w
+
+
 def _temperature(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise GentrainError(f"model.temperature must be a number > 0, got {value!r}; e.g. model.temperature=1.0")
@@ -214,7 +229,54 @@ class GatedPixelCNNNet(nn.Module):
         return self.head(self.features(x))
 
 
-class PixelCNN(AutoregressiveModel):
+class SubpixelModel(AutoregressiveModel):
+    """An image model with a K-way categorical per sub-pixel in raster order, channels R -> G -> B inside a pixel
+    (PixelCNN, PixelRNN): its ``net`` maps [B, C, H, W] to [B, C K, H, W] logits as ``head(features(x))``, with a
+    1x1 ``head`` and ``features`` causal along the rows (row i's features depend on the rows up to i only)."""
+
+    shape: tuple[int, ...]
+    data_levels: int
+    temperature: float
+    net: nn.Module
+
+    def ema_target(self) -> str | None:
+        return "net"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images [B, C, H, W] in [-1, 1] -> logits [B, K, C, H, W]; those at (c, i, j) depend only on earlier sub-pixels."""
+        b, c, h, w = x.shape
+        out = self.net(x)  # [B, C * K, H, W], channel c's logits in block c
+        return out.view(b, c, self.data_levels, h, w).transpose(1, 2)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``sum_{c,i,j} log softmax(logits)[level of x_{c,i,j}]``: [B], nats (in float32 at least: float64 models stay float64)."""
+        logits = self(x)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        nll = F.cross_entropy(logits, to_levels(x, self.data_levels), reduction="none")  # [B, C, H, W]
+        return -nll.flatten(1).sum(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> Tensor:
+        """``n`` images, sub-pixel by sub-pixel in raster order (H W C network passes, each over the rows up to the current one)."""
+        t = self.temperature if temperature is None else _temperature(temperature)
+        c, h, w = self.shape
+        p = next(self.parameters())
+        x = torch.zeros(n, c, h, w, device=p.device, dtype=p.dtype)
+        with phase("sub-pixels", c * h * w):
+            for i in range(h):
+                for j in range(w):
+                    for k in range(c):
+                        # causal: rows after i change nothing at row i, so the pass covers rows 0..i only;
+                        # the head is 1x1, so it runs on pixel (i, j) alone
+                        feats = self.net.features(x[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]
+                        logits = self.net.head(feats).view(n, c, self.data_levels)[:, k].float() / t
+                        level = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
+                        x[:, k, i, j] = from_levels(level, self.data_levels).to(x.dtype)
+                        tick()
+        return x
+
+
+class PixelCNN(SubpixelModel):
     """PixelCNN over images [C, H, W]: a K-way categorical per sub-pixel (K = ``data_levels``), in raster order, channels R -> G -> B.
 
     Args:
@@ -238,10 +300,7 @@ class PixelCNN(AutoregressiveModel):
         data_levels: int | None = None,
     ) -> None:
         super().__init__()
-        shape = _shape(shape)
-        if len(shape) != 3:
-            raise GentrainError(f"model=pixelcnn needs images and the data has shape {list(shape)}; use model=made for vectors")
-        self.shape = shape
+        self.shape = shape = image_shape(shape, "pixelcnn")
         self.data_levels = check_levels(data_levels, True)
         if self.data_levels != LEVELS:
             self.likelihood_kind = f"exact ({self.data_levels} levels)"
@@ -258,39 +317,6 @@ class PixelCNN(AutoregressiveModel):
         net_cls = GatedPixelCNNNet if self.gated else PlainPixelCNNNet
         self.net = net_cls(channels, hidden, layers, first_kernel, self.data_levels)
 
-    def ema_target(self) -> str | None:
-        return "net"
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Images [B, C, H, W] in [-1, 1] -> logits [B, K, C, H, W]; those at (c, i, j) depend only on earlier sub-pixels."""
-        b, c, h, w = x.shape
-        out = self.net(x)  # [B, C * K, H, W], channel c's logits in block c
-        return out.view(b, c, self.data_levels, h, w).transpose(1, 2)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        logits = self(x).float()
-        nll = F.cross_entropy(logits, to_levels(x, self.data_levels), reduction="none")  # [B, C, H, W]
-        return -nll.flatten(1).sum(1)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> Tensor:
-        """``n`` images, sub-pixel by sub-pixel in raster order (H W C network passes, each over the rows up to the current one)."""
-        t = self.temperature if temperature is None else _temperature(temperature)
-        c, h, w = self.shape
-        p = next(self.parameters())
-        x = torch.zeros(n, c, h, w, device=p.device, dtype=p.dtype)
-        with phase("sub-pixels", c * h * w):
-            for i in range(h):
-                for j in range(w):
-                    for k in range(c):
-                        # causal: rows after i change nothing at row i, so the pass covers rows 0..i only;
-                        # the head is 1x1, so it runs on pixel (i, j) alone
-                        feats = self.net.features(x[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]
-                        logits = self.net.head(feats).view(n, c, self.data_levels)[:, k].float() / t
-                        level = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
-                        x[:, k, i, j] = from_levels(level, self.data_levels).to(x.dtype)
-                        tick()
-        return x
 
 
 # ----------------------------------------------------------------------------- MADE
@@ -423,4 +449,4 @@ class MADE(AutoregressiveModel):
         return x.view(n, *self.shape)
 
 
-__all__ = ["MADE", "PixelCNN", "MaskedConv2d", "MaskedLinear", "causal_mask", "channel_groups", "made_degrees", "ordering_of"]
+__all__ = ["MADE", "PixelCNN", "SubpixelModel", "MaskedConv2d", "MaskedLinear", "causal_mask", "channel_groups", "made_degrees", "ordering_of"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,28 +37,12 @@ from torch import Tensor, nn
 
 from gentrain.engine.progress import phase, tick
 from gentrain.errors import GentrainError, check_choice, check_int
-from gentrain.families.autoregressive.models import LEVELS, ORDERINGS, AutoregressiveModel, _shape, _temperature, ordering_of
+from gentrain.families.autoregressive.models import LEVELS, ORDERINGS, AutoregressiveModel, image_shape, _temperature, ordering_of
 from gentrain.models.likelihood import check_levels, from_levels, to_levels
 
 #: The standard deviation of the initial weights ``W`` and ``V`` (biases start at 0: the first
 #: conditional's hidden is sigmoid(0) = 1/2 and every conditional starts near uniform).
 INIT_STD = 0.01
-
-
-def _image_shape(shape: Any) -> tuple[int, int, int]:
-    """``model.shape`` as [C, H, W]; vectors [D] and sequences [C, T] are refused with the fix."""
-    try:
-        sizes = [int(s) for s in shape]
-    except (TypeError, ValueError):
-        sizes = None  # _shape says what is wrong with it
-    if sizes is not None and len(sizes) == 1:
-        raise GentrainError(f"model=nade needs images [C, H, W] and the data has shape {sizes}; use model=made for vectors")
-    if sizes is not None and len(sizes) != 3:
-        raise GentrainError(
-            f"model=nade needs images [C, H, W] and the data has shape {sizes}; use an image dataset (model.shape follows dataset.shape)"
-        )
-    c, h, w = _shape(shape)
-    return c, h, w
 
 
 class NADENet(nn.Module):
@@ -119,7 +102,7 @@ class NADE(AutoregressiveModel):
         data_levels: int | None = None,
     ) -> None:
         super().__init__()
-        self.shape = _image_shape(shape)
+        self.shape = image_shape(shape, "nade")
         levels = check_levels(data_levels, True)
         assert levels is not None  # images
         self.data_levels = levels

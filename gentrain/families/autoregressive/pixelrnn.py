@@ -44,25 +44,23 @@ Sampling runs one network pass per sub-pixel (H W C), each over the rows up to t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.engine.progress import phase, tick
 from gentrain.errors import GentrainError, check_choice, check_int
 from gentrain.families.autoregressive.models import (
     LEVELS,
-    AutoregressiveModel,
     MaskedConv2d,
+    SubpixelModel,
     _output_head,
-    _shape,
+    image_shape,
     _shift_down,
     _temperature,
     channel_groups,
 )
-from gentrain.models.likelihood import check_levels, from_levels, to_levels
+from gentrain.models.likelihood import check_levels
 
 CELLS = ("row_lstm", "diagonal_bilstm")
 #: The side of the first, mask-A convolution (7 in the paper).
@@ -202,23 +200,7 @@ class PixelRNNNet(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 
-def _image_shape(shape: Any) -> tuple[int, int, int]:
-    """``model.shape`` as [C, H, W]; vectors [D] and sequences [C, T] are refused with the model that fits them."""
-    try:
-        sizes = [int(s) for s in shape]
-    except (TypeError, ValueError):
-        sizes = None
-    if sizes is not None and len(sizes) == 1:
-        raise GentrainError(f"model=pixelrnn needs images and the data has shape {sizes}; use model=made for vectors")
-    if sizes is not None and len(sizes) == 2:
-        raise GentrainError(
-            f"model=pixelrnn needs images [C, H, W] and the data has shape {sizes}, a sequence [C, T]; use model=wavenet for sequences"
-        )
-    c, h, w = _shape(shape)  # sizes >= 1, and anything else refused as PixelCNN refuses it
-    return c, h, w
-
-
-class PixelRNN(AutoregressiveModel):
+class PixelRNN(SubpixelModel):
     """PixelRNN over images [C, H, W]: a K-way categorical per sub-pixel (K = ``data_levels``), in raster order, channels R -> G -> B.
 
     Args:
@@ -241,7 +223,7 @@ class PixelRNN(AutoregressiveModel):
         data_levels: int | None = None,
     ) -> None:
         super().__init__()
-        self.shape = _image_shape(shape)
+        self.shape = image_shape(shape, "pixelrnn")
         self.data_levels = check_levels(data_levels, True)
         if self.data_levels != LEVELS:
             self.likelihood_kind = f"exact ({self.data_levels} levels)"
@@ -253,41 +235,3 @@ class PixelRNN(AutoregressiveModel):
             raise GentrainError(f"model.hidden={hidden} is too small for {channels} colour groups; use model.hidden >= {2 * channels}")
         self.temperature = _temperature(temperature)
         self.net = PixelRNNNet(self.cell, channels, hidden, layers, self.data_levels)
-
-    def ema_target(self) -> str | None:
-        return "net"
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Images [B, C, H, W] in [-1, 1] -> logits [B, K, C, H, W]; those at (c, i, j) depend only on earlier sub-pixels."""
-        b, c, h, w = x.shape
-        out = self.net(x)  # [B, C * K, H, W], channel c's logits in block c
-        return out.view(b, c, self.data_levels, h, w).transpose(1, 2)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """``sum_{c,i,j} log softmax(logits)[level of x_{c,i,j}]``: [B], nats (in float32 at least: float64 models stay float64)."""
-        logits = self(x)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        nll = F.cross_entropy(logits, to_levels(x, self.data_levels), reduction="none")  # [B, C, H, W]
-        return -nll.flatten(1).sum(1)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> Tensor:
-        """``n`` images, sub-pixel by sub-pixel in raster order (H W C network passes, each over the rows up to the current one).
-
-        Both cells are causal along the rows (a row's features depend on the rows up to it only), so a
-        pass over rows 0..i gives row i's features exactly.
-        """
-        t = self.temperature if temperature is None else _temperature(temperature)
-        c, h, w = self.shape
-        p = next(self.parameters())
-        x = torch.zeros(n, c, h, w, device=p.device, dtype=p.dtype)
-        with phase("sub-pixels", c * h * w):
-            for i in range(h):
-                for j in range(w):
-                    for k in range(c):
-                        feats = self.net.features(x[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]  # the head is 1x1
-                        logits = self.net.head(feats).view(n, c, self.data_levels)[:, k].float() / t
-                        level = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
-                        x[:, k, i, j] = from_levels(level, self.data_levels).to(x.dtype)
-                        tick()
-        return x
