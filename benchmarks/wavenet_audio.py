@@ -1,7 +1,7 @@
 """WaveNet on 1-D data: the generated waveforms and a folder of speech, bits per sample beside two floors, and the cached
 generator's speed against the naive one.
 
-    python benchmarks/wavenet_audio.py --budget 120
+    python benchmarks/wavenet_audio.py --budget 180 --threads 2
 
 Data: ``dataset=waveforms`` (sines, chirps, square waves with noise; 256 values, 16 kHz nominal) and
 ``dataset=audio_folder`` on a speech folder this script writes with espeak-ng (Debian: ``apt-get install espeak-ng``):
@@ -86,7 +86,7 @@ def floors(model: WaveNet, train_x: torch.Tensor, test_x: torch.Tensor) -> dict[
 
 def sampler_speed(model: WaveNet, length: int, n: int, seed: int) -> dict[str, Any]:
     """Values per second of the cached and the naive generator on ``model``'s weights, for ``n`` sequences of ``length``."""
-    m = WaveNet((1, length), levels=model.levels, mu_law=model.mu_law, dilations=model.dilations, stacks=1,
+    m = WaveNet((1, length), levels=model.levels, mu_law=model.mu_law, dilations=model.dilations, stacks=1,  # dilations: all stacks
                 residual_channels=model.net.embed.embedding_dim, dilation_channels=model.net.layers[0].skip.in_channels,
                 skip_channels=model.net.layers[0].skip.out_channels)
     m.load_state_dict(model.state_dict())
@@ -140,13 +140,14 @@ def run(name: str, overrides: list[str], args: argparse.Namespace, console: Cons
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budget", type=float, default=120.0, help="training seconds per dataset")
+    parser.add_argument("--budget", type=float, default=180.0, help="training seconds per dataset")
     parser.add_argument("--calibrate", type=int, default=20)
     parser.add_argument("--evaluations", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--stacks", type=int, default=1, help="repeats of the dilations 1..128 (CPU-sized; the paper: 1..512)")
     parser.add_argument("--n-eval", type=int, default=500)
     parser.add_argument("--files", type=int, default=40, help="speech recordings to synthesise")
-    parser.add_argument("--length", type=int, default=2048, help="values per speech chunk (128 ms at 16 kHz)")
+    parser.add_argument("--length", type=int, default=1024, help="values per speech chunk (64 ms at 16 kHz)")
     parser.add_argument("--speed-length", type=int, default=1024)
     parser.add_argument("--speed-n", type=int, default=8)
     parser.add_argument("--no-speech", action="store_true")
@@ -159,7 +160,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     console = Console(file=io.StringIO())
     wall0, load0 = time.perf_counter(), os.getloadavg()
-    net = ["model.dilations=[1,2,4,8,16,32,64,128]", "model.stacks=2"]
+    net = ["model.dilations=[1,2,4,8,16,32,64,128]", f"model.stacks={args.stacks}"]
     rows, speech = [], None
     rows.append(run("waveforms", ["dataset=waveforms", *net], args, console))
     print(json.dumps(rows[-1], default=str), flush=True)
