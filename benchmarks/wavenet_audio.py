@@ -165,7 +165,7 @@ def main() -> None:
     rows.append(run("waveforms", ["dataset=waveforms", *net], args, console))
     print(json.dumps(rows[-1], default=str), flush=True)
     if not args.no_speech:
-        folder = Path(args.runs) / "speech"
+        folder = Path(args.runs) / "speech_wav"  # not the run directory: its samples/*.wav would join the folder's files
         speech = speech_folder(folder, args.files, args.seed)
         rows.append(run("speech", ["dataset=audio_folder", f"dataset.path={folder.resolve()}", "dataset.rate=16000",
                                    f"dataset.length={args.length}", *net], args, console))

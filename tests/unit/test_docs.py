@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_README_LINES = 250
 #: The documents whose paths and links are checked.
 DOCUMENTS = ["README.md", "ARCHITECTURE.md", "docs/configuration.md", "docs/evaluation.md", "docs/reproducing.md",
-             "docs/scaling.md", "docs/extending.md", "docs/gans.md"]
+             "docs/scaling.md", "docs/extending.md", "docs/gans.md", "docs/autoregressive.md"]
 #: Backticked text that starts with one of these is a path into the repository.
 REPO_PREFIXES = ("gentrain/", "configs/", "tests/", "benchmarks/", "docs/")
 #: Characters of placeholders, globs, alternatives and shell words: such a span names no single file.
