@@ -249,7 +249,7 @@ def test_missing_files_offline(tmp_path: Path, cls: type, needles: list[str]) ->
     assert_one_line_error(e, *needles)
 
 
-@pytest.mark.parametrize("content", [b"<html>404 Not Found</html>", gzip.compress(b"garbage!"), b"\x1f\x8bbroken", b""])
+@pytest.mark.parametrize("content", [b"<html>404 Not Found</html>", gzip.compress(b"garbage!", mtime=0), b"\x1f\x8bbroken", b""])
 def test_corrupt_idx(tmp_path: Path, content: bytes) -> None:
     raw = tmp_path / "MNIST" / "raw"
     write_mnist_like(raw, seed=0)
