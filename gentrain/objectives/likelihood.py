@@ -8,6 +8,8 @@ the 17-level digits, 8 for 8-bit images), not with 8 everywhere.
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from gentrain.models.likelihood import LikelihoodModel, bits_per_dim
 from gentrain.objectives.base import Batch, Objective, Phase, StepOutput, mean_scalar
 
@@ -18,8 +20,12 @@ class ExactNLL(Objective):
     family = LikelihoodModel
     phases = (Phase("main"),)
 
+    def log_p(self, model: LikelihoodModel, batch: Batch) -> Tensor:
+        """The log-probability [B] (nats) the step maximises: ``log_prob(x)``; a family's objective may use the labels too."""
+        return model.log_prob(batch.x)
+
     def step(self, phase: str, model: LikelihoodModel, batch: Batch) -> StepOutput:
-        log_p = model.log_prob(batch.x)  # [B] nats
+        log_p = self.log_p(model, batch)  # [B] nats
         bpd = bits_per_dim(log_p, batch.x[0].numel())
         loss = bpd.mean()
         return StepOutput(loss, {"loss": loss.detach(), "nll": mean_scalar(-log_p), "bits_per_dim": mean_scalar(bpd)})

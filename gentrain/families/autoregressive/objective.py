@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from gentrain.families.autoregressive.models import AutoregressiveModel
-from gentrain.models.likelihood import bits_per_dim
-from gentrain.objectives.base import Batch, StepOutput, mean_scalar
+from gentrain.objectives.base import Batch
 from gentrain.objectives.likelihood import ExactNLL
 
 
@@ -14,8 +15,5 @@ class AutoregressiveNLL(ExactNLL):
 
     family = AutoregressiveModel
 
-    def step(self, phase: str, model: AutoregressiveModel, batch: Batch) -> StepOutput:  # type: ignore[override]
-        log_p = model.training_log_prob(batch.x, batch.y)  # [B] nats
-        bpd = bits_per_dim(log_p, batch.x[0].numel())
-        loss = bpd.mean()
-        return StepOutput(loss, {"loss": loss.detach(), "nll": mean_scalar(-log_p), "bits_per_dim": mean_scalar(bpd)})
+    def log_p(self, model: AutoregressiveModel, batch: Batch) -> Tensor:  # type: ignore[override]
+        return model.training_log_prob(batch.x, batch.y)
