@@ -27,3 +27,12 @@ def check_int(value: Any, key: str, minimum: int = 1, example: int | None = None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise GentrainError(f"{key} must be an integer >= {minimum}, got {value!r}; e.g. {key}={minimum if example is None else example}")
     return value
+
+
+def check_int_list(value: Any, key: str, example: str, note: str = "") -> list[int]:
+    """``value`` as a list of integers, or one line naming ``key`` (a string such as ``abc`` is not read letter by letter)."""
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, Sequence) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise GentrainError(f"{key} must be a list of integers, got {value!r}; e.g. {key}={example}{note}")
+    return [int(v) for v in value]

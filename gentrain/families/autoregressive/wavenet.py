@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from gentrain.data.audio import mu_law_decode, mu_law_encode
 from gentrain.data.base import DataSplit
 from gentrain.engine.progress import phase, tick
-from gentrain.errors import GentrainError, check_int
+from gentrain.errors import GentrainError, check_int, check_int_list
 from gentrain.families.autoregressive.models import AutoregressiveModel, _temperature
 from gentrain.models.base import Conditional, check_labels
 from gentrain.models.likelihood import LEVELS_8BIT, check_levels, from_levels, to_levels
@@ -47,16 +47,6 @@ log = logging.getLogger(__name__)
 
 #: The paper's dilations: 1, 2, ..., 512, repeated (``model.stacks``).
 DILATIONS = tuple(2**i for i in range(10))
-
-
-def _int_list(value: Any, key: str, example: str) -> list[int]:
-    try:
-        out = [int(v) for v in value]
-    except (TypeError, ValueError):
-        raise GentrainError(f"{key}={value!r} is not a list of integers; e.g. {key}={example}") from None
-    if not out or any(v < 1 for v in out) or any(isinstance(v, bool) for v in value):
-        raise GentrainError(f"{key}={list(value)} needs at least one positive integer; e.g. {key}={example}")
-    return out
 
 
 def quantize(x: Tensor, levels: int, mu_law: bool) -> Tensor:
@@ -189,16 +179,17 @@ class WaveNet(AutoregressiveModel):
             )
         self.images = len(self.shape) == 3
         self.data_levels = check_levels(data_levels, self.images)
-        self.levels = self.data_levels if self.images else check_int(levels, "model.levels", example=256)
-        if self.levels < 2:
-            raise GentrainError(f"model.levels={self.levels} must be at least 2; e.g. model.levels=256 (8-bit mu-law)")
+        self.levels = self.data_levels if self.images else check_int(levels, "model.levels", minimum=2, example=256)
         self.mu_law = bool(mu_law) and not self.images
         if self.images:
             if self.data_levels != LEVELS_8BIT:
                 self.likelihood_kind = f"exact ({self.data_levels} levels)"
         else:
             self.likelihood_kind = f"exact, of the amplitude quantised to {self.levels} {'mu-law' if self.mu_law else 'linear'} levels"
-        one = _int_list(dilations, "model.dilations", "[1,2,4,8,16,32,64,128,256,512]")
+        example = "[1,2,4,8,16,32,64,128,256,512]"
+        one = check_int_list(dilations, "model.dilations", example)
+        if not one or min(one) < 1:
+            raise GentrainError(f"model.dilations={one} needs at least one positive integer; e.g. model.dilations={example}")
         stacks = check_int(stacks, "model.stacks", example=2)
         widths = [check_int(w, f"model.{k}", example=32) for w, k in
                   ((residual_channels, "residual_channels"), (dilation_channels, "dilation_channels"), (skip_channels, "skip_channels"))]
@@ -259,10 +250,10 @@ class WaveNet(AutoregressiveModel):
 
     def _sample(self, n: int, y: Tensor | None, generator: torch.Generator | None, temperature: float | None) -> Tensor:
         t = self.temperature if temperature is None else _temperature(temperature)
-        device = next(self.parameters()).device
-        noise = torch.rand(n, self.length, device=device, generator=generator, dtype=torch.float64)
+        p = next(self.parameters())
+        noise = torch.rand(n, self.length, device=p.device, generator=generator, dtype=torch.float64)
         levels = self._cached(noise, y, t) if self.fast_generation else self._naive(noise, y, t)
-        return self.from_sequence(levels).to(next(self.parameters()).dtype)
+        return self.from_sequence(levels).to(p.dtype)
 
     def _naive(self, noise: Tensor, y: Tensor | None, t: float) -> Tensor:
         n, length = noise.shape

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from gentrain.data.base import DataSplit
 from gentrain.engine.progress import counted
-from gentrain.errors import GentrainError, check_choice, check_int
+from gentrain.errors import GentrainError, check_choice, check_int, check_int_list
 from gentrain.models.base import Conditional, Latent, SamplerOptions, check_labels, interpolate_latents
 from gentrain.models.likelihood import LikelihoodModel, check_levels, from_levels, to_levels
 
@@ -758,7 +758,7 @@ def unet_layout(shape: Sequence[int], channel_mult: Sequence[int] | None, attent
             levels += 1
         mult = [1] + [2] * (levels - 1)
     else:
-        mult = _int_list(channel_mult, "model.channel_mult", "[1,2,2]")
+        mult = check_int_list(channel_mult, "model.channel_mult", "[1,2,2]")
         if not mult or any(m < 1 for m in mult):
             raise GentrainError(f"model.channel_mult must be a non-empty list of positive integers, got {list(channel_mult)}; e.g. [1, 2, 2]")
     if h % (2 ** (len(mult) - 1)):
@@ -770,20 +770,11 @@ def unet_layout(shape: Sequence[int], channel_mult: Sequence[int] | None, attent
     if attention is None:
         attn = [16] if 16 in resolutions else [resolutions[-1]]
     else:
-        attn = _int_list(attention, "model.attention_resolutions", f"[{resolutions[-1]}]", f" (the U-Net's resolutions: {resolutions})")
+        attn = check_int_list(attention, "model.attention_resolutions", f"[{resolutions[-1]}]", f" (the U-Net's resolutions: {resolutions})")
         bad = sorted(set(attn) - set(resolutions))
         if bad:
             raise GentrainError(f"model.attention_resolutions={attn} names {bad}, which the U-Net does not have (its resolutions: {resolutions})")
     return mult, attn
-
-
-def _int_list(value: Any, key: str, example: str, note: str = "") -> list[int]:
-    """``value`` as a list of integers, or one line naming ``key`` (a string such as ``abc`` is not read letter by letter)."""
-    if isinstance(value, (str, bytes, bool)) or not isinstance(value, Sequence) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        raise GentrainError(f"{key} must be a list of integers, got {value!r}; e.g. {key}={example}{note}")
-    return [int(v) for v in value]
 
 
 __all__ = [
