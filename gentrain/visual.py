@@ -76,8 +76,8 @@ def waveform_image(x: Tensor, nrow: int | None = None, width: int = 512, height:
     """Sequences [N, C, T] in [-1, 1] -> uint8 grid of waveform plots, one panel of ``width`` x ``height`` per
     sequence and channel (``nrow`` panels a row, default: 2 columns), amplitude 0 in the middle of each panel.
 
-    Each column of a panel covers ``T / width`` time steps and is drawn from their minimum to their maximum, so a
-    long recording keeps its envelope and a short one is joined point to point (no matplotlib, so it stays cheap).
+    Each column of a panel covers ``T / width`` time steps and the one before them, and is drawn from their minimum to
+    their maximum, so a long recording keeps its envelope and a short one is joined point to point (no matplotlib).
     """
     v = x.detach().float().cpu().clamp(-1, 1).flatten(0, 1).numpy()  # [N C, T]
     n, t = v.shape
@@ -91,9 +91,8 @@ def waveform_image(x: Tensor, nrow: int | None = None, width: int = 512, height:
         panel = np.full((height, width, 3), 255, dtype=np.uint8)
         panel[height // 2] = (220, 220, 220)
         for col in range(width):
-            lo, hi = int(edges[col]), max(int(edges[col + 1]), int(edges[col]) + 1)
-            lo, hi = max(0, min(lo, t - 1) - (1 if hi - lo == 1 and lo > 0 else 0)), min(t, hi)  # join short sequences to the previous point
-            seg = v[k, lo:hi]
+            lo = min(int(edges[col]), t - 1)
+            seg = v[k, max(0, lo - 1) : max(int(edges[col + 1]), lo + 1)]
             top = int(round((1 - seg.max()) / 2 * (height - 1)))
             bottom = int(round((1 - seg.min()) / 2 * (height - 1)))
             panel[top : bottom + 1, col] = WAVE_RGB
