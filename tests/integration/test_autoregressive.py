@@ -57,13 +57,9 @@ def raster_rank(shape) -> Tensor:
     return ((ii * w + jj) * c + ci).flatten()
 
 
-@pytest.mark.parametrize(
-    "shape,gated", [((1, 5, 5), False), ((1, 5, 5), True), ((3, 4, 4), False), ((3, 4, 4), True)], ids=["plain", "gated", "plain-rgb", "gated-rgb"]
-)
-def test_pixelcnn_logits_depend_only_on_earlier_subpixels(shape, gated):
-    model = pixelcnn(shape, gated=gated, hidden=8 * shape[0])
-    x = torch.rand(1, *shape, dtype=torch.float64) * 2 - 1
-    jac = jacobian(lambda v: random_projection(model, v), x)  # [C H W outputs, C H W inputs]
+def assert_raster_causal(jac: Tensor, shape) -> tuple[Tensor, Tensor, Tensor]:
+    """``jac`` [outputs, inputs] over the sub-pixels of ``shape``: exactly zero for every input at or after the output in
+    raster/channel order, and every output but the first depends on some earlier input. Returns (rank, later_or_same, depends)."""
     rank = raster_rank(shape)
     later_or_same = rank[None, :] >= rank[:, None]  # [out, in]
     assert jac[later_or_same].abs().max() == 0  # exactly: masks, not small weights
@@ -73,6 +69,17 @@ def test_pixelcnn_logits_depend_only_on_earlier_subpixels(shape, gated):
             assert depends[o, rank < rank[o]].any(), f"output {o} depends on no earlier sub-pixel"
         else:
             assert not depends[o].any()  # the first sub-pixel's logits are constant
+    return rank, later_or_same, depends
+
+
+@pytest.mark.parametrize(
+    "shape,gated", [((1, 5, 5), False), ((1, 5, 5), True), ((3, 4, 4), False), ((3, 4, 4), True)], ids=["plain", "gated", "plain-rgb", "gated-rgb"]
+)
+def test_pixelcnn_logits_depend_only_on_earlier_subpixels(shape, gated):
+    model = pixelcnn(shape, gated=gated, hidden=8 * shape[0])
+    x = torch.rand(1, *shape, dtype=torch.float64) * 2 - 1
+    jac = jacobian(lambda v: random_projection(model, v), x)  # [C H W outputs, C H W inputs]
+    _, _, depends = assert_raster_causal(jac, shape)
     if shape[0] == 3:  # the channel order within a pixel: G sees R, B sees R and G, of the same pixel
         pixel = 5
         r, g, b = (c * 16 + pixel for c in range(3))

@@ -26,17 +26,10 @@ from gentrain.data import AudioFolder, Waveforms, mu_law_decode, mu_law_encode, 
 from gentrain.data.audio import per_sample_note
 from gentrain.data.base import Dataset
 from gentrain.errors import GentrainError
+from test_data import assert_one_line_error
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "dataset"
 LOGGER = "gentrain.data.audio"
-
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo, *needles: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
 
 
 def write_pcm(path: Path, frames: np.ndarray, sampwidth: int, rate: int = 16000) -> Path:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from conftest import make_config
+from test_autoregressive import assert_raster_causal, raster_rank
 from gentrain.build import build_model
 from gentrain.errors import GentrainError
 from gentrain.families.autoregressive.pixelrnn import CELLS, PixelRNN, skew, unskew
@@ -25,13 +26,6 @@ def pixelrnn(shape, cell, hidden=4, layers=2, levels=256, seed=0, scale=1.0) -> 
         for p in model.parameters():
             p.mul_(scale)
     return model
-
-
-def raster_rank(shape) -> Tensor:
-    """Generation position of every sub-pixel (c, i, j) of a [C, H, W] image: pixels in raster order, channels within a pixel."""
-    c, h, w = shape
-    ci, ii, jj = torch.meshgrid(torch.arange(c), torch.arange(h), torch.arange(w), indexing="ij")
-    return ((ii * w + jj) * c + ci).flatten()
 
 
 def projected_jacobian(model: PixelRNN, x: Tensor) -> Tensor:
@@ -59,15 +53,7 @@ def test_logits_depend_on_every_earlier_subpixel_and_on_no_later_one(cell, shape
     model = pixelrnn(shape, cell, hidden=4 * shape[0], layers=2)  # two layers: the residual path and the shifted direction compose
     x = torch.rand(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     jac = projected_jacobian(model, x)
-    rank = raster_rank(shape)
-    later_or_same = rank[None, :] >= rank[:, None]  # [out, in]
-    assert jac[later_or_same].abs().max() == 0  # exactly: masks and the row shift, not small weights
-    depends = jac != 0
-    for o in range(len(rank)):
-        if rank[o] > 0:
-            assert depends[o, rank < rank[o]].any(), f"output {o} depends on no earlier sub-pixel"
-        else:
-            assert not depends[o].any()  # the first sub-pixel's logits are constant
+    _, later_or_same, depends = assert_raster_causal(jac, shape)  # exactly zero: masks and the row shift
     if cell == "diagonal_bilstm":  # both directions together: the whole context but for the row above's last sub-pixel
         c, h, w = shape
         ci, ii, jj = torch.meshgrid(torch.arange(c), torch.arange(h), torch.arange(w), indexing="ij")
